@@ -1,0 +1,1 @@
+"""db3d: DreamBooth3D as a research system."""
