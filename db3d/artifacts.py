@@ -1,0 +1,77 @@
+"""Artifacts: frozen dataclasses of paths + metadata that stages pass to each other.
+
+An artifact is cheap to pickle (through Ray) and names its content by a key: a hash of its
+inputs' keys and of the config fields the producing stage reads, never of the whole config.
+A sweep that changes only a late-stage field therefore finds every earlier artifact by key.
+
+Completed outputs are marked by a `done.json` written last and atomically (temp name, then
+rename), so a folder without it is an interrupted stage that may be resumed or redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def content_key(*parts) -> str:
+    """A 16-hex-digit key of JSON-serialisable parts (dataclasses become dicts)."""
+
+    def plain(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return dataclasses.asdict(x)
+        if isinstance(x, Path):
+            return str(x)
+        raise TypeError(f"content_key cannot hash {type(x).__name__}")
+
+    text = json.dumps(parts, sort_keys=True, default=plain, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def mark_done(folder: Path, artifact) -> None:
+    """Record that `folder` holds the finished `artifact` (written last)."""
+    atomic_write_json(Path(folder) / "done.json", {"type": type(artifact).__name__, **dataclasses.asdict(artifact)})
+
+
+def read_done(folder: Path, cls):
+    """The finished artifact recorded in `folder`, or None when the stage did not finish."""
+    marker = Path(folder) / "done.json"
+    if not marker.exists():
+        return None
+    data = json.loads(marker.read_text())
+    if data.pop("type", None) != cls.__name__:
+        return None
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class DreamBoothCheckpoint:
+    """A fine-tuned UNet (and optionally text encoder) at one training step.
+
+    Full mode: `path/unet/` (diffusers folder, safetensors) [+ `path/text_encoder/`].
+    LoRA mode: `path/pytorch_lora_weights.safetensors` in diffusers' LoRA format.
+    """
+
+    path: str
+    step: int
+    mode: str
+    key: str
+    backbone_key: str
+    text_encoder: bool = False

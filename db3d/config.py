@@ -1,0 +1,239 @@
+"""Configuration dataclasses: the one place every knob of db3d is declared and documented.
+
+Each field carries its doc on the line below it, citing the paper's value where there is one.
+Hydra composes YAML from `db3d/conf/` (groups `backbone=`, `method=`, `preset=`) on top of these
+schemas, so an unknown key or a value of the wrong type fails at composition; `validate()` then
+checks ranges and choices, naming the field, before any model loads.
+
+Choice fields are plain `str` typed as the `Literal` aliases below: OmegaConf 2.3 rejects
+`Literal` annotations in structured configs, so the allowed values live in the aliases and
+`validate()` enforces them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+BackboneKind = Literal["tiny-sd", "tiny-if", "sd", "if"]
+DType = Literal["fp32", "fp16", "bf16"]
+MethodName = Literal["dreambooth3d", "dreambooth_fusion", "latent_nerf"]
+FinetuneMode = Literal["full", "lora"]
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = "tiny-sd"
+    """BackboneKind: tiny-sd / tiny-if (random weights built in-process; tests and demo),
+    sd (Stable Diffusion 1.x/2.x, eps or v-prediction), if (DeepFloyd IF stage I, 64x64 pixels)."""
+    model: str = ""
+    """sd / if: a local diffusers folder or a hub id already in the Hugging Face cache (loaded
+    offline). Empty for the tiny kinds."""
+    variant: str = ""
+    """Weight file variant to load, e.g. "fp16" for DeepFloyd IF's half-precision files."""
+    resolution: int = 64
+    """Image resolution in pixels that the backbone sees. Paper (DreamFusion / IF stage I): 64.
+    Stable Diffusion is trained at 512; 64 px gives 8x8 latents and poor images."""
+    dtype: str = "fp32"
+    """DType of the frozen weights: fp32 / fp16 / bf16 (GPU speed option; trained weights stay fp32)."""
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu, cuda, cuda:N."""
+    channels_last: bool = False
+    """Store the UNet in channels_last memory format (GPU speed option)."""
+    sdpa: bool = True
+    """Use torch's scaled_dot_product_attention processors (diffusers' default on torch 2)."""
+    offload_text_encoder: bool = False
+    """Move the text encoder to the CPU once prompts are embedded (saves GPU memory)."""
+    seed: int = 0
+    """Seed of the tiny backbones' random weights (ignored by sd / if)."""
+    sample_steps: int = 50
+    """Deterministic (DDIM, eta=0) steps for a full sample, e.g. class images. img2img uses a
+    proportional share of them."""
+
+
+@dataclass
+class DreamBoothConfig:
+    identifier: str = "sks"
+    """Rare token that names the subject (DreamBooth paper: "sks")."""
+    mode: str = "full"
+    """FinetuneMode: full (all UNet weights, as in the paper) or lora (peft adapters)."""
+    lora_rank: int = 4
+    """LoRA rank when mode=lora."""
+    train_text_encoder: bool = False
+    """Also fine-tune the text encoder (full mode only)."""
+    learning_rate: float = 5e-6
+    """AdamW learning rate. DreamBooth on SD: 5e-6 (full); ~1e-4 is usual for LoRA."""
+    batch_size: int = 1
+    """Subject images per step (the prior term adds as many class images)."""
+    partial_steps: int = 150
+    """Steps of the partial DreamBooth D_partial used by stage 1 and 3 (paper: 150)."""
+    full_steps: int = 800
+    """Steps of the fully trained DreamBooth D_full used by stage 2 (paper: 800)."""
+    multiview_steps: int = 150
+    """Extra steps of D_partial on pseudo views + inputs in stage 3 (paper: +150)."""
+    prior_preservation: bool = True
+    """Add the class-specific prior-preservation loss (DreamBooth paper, eq. 2)."""
+    prior_weight: float = 1.0
+    """lambda of the prior-preservation term (DreamBooth paper: 1)."""
+    num_class_images: int = 100
+    """Class images generated once by the base model for the prior term (DreamBooth: 200 x N)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 turns it off)."""
+    resume_every: int = 50
+    """Write a resumable training state every this many steps (0: only at checkpoints)."""
+
+
+@dataclass
+class RenderConfig:
+    resolution: int = 64
+    """NeRF render size in pixels during SDS (DreamFusion / DreamBooth3D: 64x64)."""
+
+
+@dataclass
+class SDSConfig:
+    guidance_scale: float = 100.0
+    """Classifier-free guidance w in eps_uncond + w (eps_cond - eps_uncond) (DreamFusion: 100)."""
+    t_min: float = 0.02
+    """Lowest diffusion time sampled, as a fraction of the training timesteps (DreamFusion: 0.02)."""
+    t_max: float = 0.98
+    """Highest diffusion time sampled (DreamFusion: 0.98)."""
+
+
+@dataclass
+class PseudoViewConfig:
+    n_views: int = 20
+    """Views of the stage-1 NeRF rendered on the orbit and translated (paper: ~20)."""
+    t_pseudo: float = 0.5
+    """Noise level of the img2img translation, as a fraction of the timesteps. The paper leaves
+    it open; a sweep axis."""
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dreambooth3d"
+    """MethodName: dreambooth3d (three stages), dreambooth_fusion (one SDS stage on D_full),
+    latent_nerf (SDS in Stable Diffusion latent space)."""
+    lambda_sds: float = 1.0
+    """Weight of the SDS term in the final NeRF (paper: lambda_SDS)."""
+    lambda_recon: float = 1.0
+    """Weight of the reconstruction term on the pseudo views (paper: lambda_recon, value open)."""
+    lambda_nerf: float = 1.0
+    """Weight of the NeRF regularisers (paper: lambda_nerf)."""
+    recon_norm_p: int = 1
+    """Norm p of the reconstruction loss ||render(P_v) - I_v^pseudo||_p (open in the paper)."""
+
+
+@dataclass
+class RunConfig:
+    subject: str = ""
+    """A subject folder, or a subject name inside data_root. Empty: a generated subject."""
+    data_root: str = ""
+    """A dataset root in the DreamBooth layout (subject folders + prompts_and_classes.txt)."""
+    class_noun: str = ""
+    """Class noun, when the subject is not in a dataset root with a class table."""
+    prompt: str = ""
+    """Prompt with the identifier, e.g. "a sks dog sleeping". Empty: "a {identifier} {class}"."""
+    out: str = "outputs/run"
+    """Output folder: resolved config, artifacts, exports. Rerun with the same out to resume."""
+    cache_dir: str = ""
+    """Cache of reusable artifacts (class images). Empty: ~/.cache/db3d (or $DB3D_CACHE)."""
+    seed: int = 0
+    """Seed of everything random in the run (training noise, timesteps, cameras)."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    sds: SDSConfig = field(default_factory=SDSConfig)
+    pseudo: PseudoViewConfig = field(default_factory=PseudoViewConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; `problems` lists one message per offending field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# field path -> Literal alias of its allowed values
+_CHOICES = {
+    "backbone.kind": BackboneKind,
+    "backbone.dtype": DType,
+    "dreambooth.mode": FinetuneMode,
+    "method.name": MethodName,
+}
+
+
+def _get(cfg: RunConfig, path: str):
+    obj = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check ranges and choices; raise ConfigError naming every bad field. Loads nothing."""
+    problems: list[str] = []
+    for path, alias in _CHOICES.items():
+        value = _get(cfg, path)
+        if value not in get_args(alias):
+            problems.append(f"{path}={value!r}: must be one of {', '.join(get_args(alias))}")
+    db = cfg.dreambooth
+    for name in ("partial_steps", "full_steps", "multiview_steps", "num_class_images", "resume_every"):
+        if getattr(db, name) < 0:
+            problems.append(f"dreambooth.{name}={getattr(db, name)}: must be >= 0")
+    for path in ("dreambooth.batch_size", "dreambooth.lora_rank", "backbone.resolution",
+                 "backbone.sample_steps", "render.resolution", "pseudo.n_views"):
+        if _get(cfg, path) < 1:
+            problems.append(f"{path}={_get(cfg, path)}: must be >= 1")
+    if db.full_steps < db.partial_steps:
+        problems.append(f"dreambooth.full_steps={db.full_steps}: must be >= partial_steps={db.partial_steps}")
+    if db.learning_rate <= 0:
+        problems.append(f"dreambooth.learning_rate={db.learning_rate}: must be > 0")
+    if db.prior_weight < 0:
+        problems.append(f"dreambooth.prior_weight={db.prior_weight}: must be >= 0")
+    if not db.identifier.strip() or " " in db.identifier.strip():
+        problems.append(f"dreambooth.identifier={db.identifier!r}: must be one non-empty word")
+    if db.train_text_encoder and db.mode == "lora":
+        problems.append("dreambooth.train_text_encoder=true: only supported with dreambooth.mode=full")
+    if cfg.sds.guidance_scale <= 0:
+        problems.append(f"sds.guidance_scale={cfg.sds.guidance_scale}: must be > 0")
+    if not 0.0 <= cfg.sds.t_min < cfg.sds.t_max <= 1.0:
+        problems.append(f"sds.t_min={cfg.sds.t_min}, sds.t_max={cfg.sds.t_max}: need 0 <= t_min < t_max <= 1")
+    if not 0.0 < cfg.pseudo.t_pseudo < 1.0:
+        problems.append(f"pseudo.t_pseudo={cfg.pseudo.t_pseudo}: must lie in (0, 1)")
+    for name in ("lambda_sds", "lambda_recon", "lambda_nerf"):
+        if getattr(cfg.method, name) < 0:
+            problems.append(f"method.{name}={getattr(cfg.method, name)}: must be >= 0")
+    if cfg.method.recon_norm_p not in (1, 2):
+        problems.append(f"method.recon_norm_p={cfg.method.recon_norm_p}: must be 1 or 2")
+    if cfg.backbone.kind in ("sd", "if") and not cfg.backbone.model:
+        problems.append(f"backbone.model: required for backbone.kind={cfg.backbone.kind} "
+                        "(a local diffusers folder or a hub id in the Hugging Face cache)")
+    dev = cfg.backbone.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        problems.append(f"backbone.device={dev!r}: must be auto, cpu, cuda or cuda:N")
+    if problems:
+        raise ConfigError(problems)
+
+
+def to_flat_dict(cfg) -> dict:
+    """{"dreambooth.partial_steps": 150, ...}: the config as flat columns (for Parquet rows)."""
+    flat: dict = {}
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                flat[f"{prefix}{f.name}"] = value
+
+    walk(cfg, "")
+    return flat
+
+
+def section_dict(obj) -> dict:
+    """A config section as a plain dict (the input of a content key)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,286 @@
+"""DreamBooth personalisation (Ruiz et al., CVPR 2023) of a backbone's UNet.
+
+    L = E ||eps_theta(x_t, t, c_"a sks dog") - eps||^2 + lambda_prior E ||eps_theta(x'_t, t, c_"a dog") - eps'||^2
+
+(v targets for v-prediction models). One run saves checkpoints at the configured steps: the
+paper's partial (150) and full (800) DreamBooth come from one run. Stage 3's multi-view
+DreamBooth is the same function continued from a checkpoint (`init=`) on a new image set.
+
+Fixed inputs are computed once, not every step: the VAE latent distribution of every image
+(a latent is then drawn as mean + std * noise) and the prompt embeddings (unless the text
+encoder is trained). An interrupted run resumes from its last saved training state.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import diffusion
+from .artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
+from .backbones import Backbone
+from .config import DreamBoothConfig
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+STATE_FILE = "train_state.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# class images for the prior-preservation loss
+def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: Path,
+                 guidance_scale: float = 7.5, batch_size: int = 8) -> Tensor:
+    """n images (n,3,R,R) in [0,1] of `class_prompt`, sampled once by the base backbone.
+
+    Cached as PNGs under cache_dir/class_images/<key>/, keyed by the backbone, prompt, count,
+    seed, resolution and sampler; an interrupted generation continues where it stopped.
+    """
+    key = content_key("class_images", bb.key, class_prompt, n, seed, bb.resolution, bb.sample_steps, guidance_scale)
+    folder = Path(cache_dir) / "class_images" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{i:04d}.png" for i in range(n)]
+    missing = [i for i, f in enumerate(files) if not f.exists()]
+    if missing:
+        cond = bb.encode_prompts([class_prompt])
+        uncond = bb.encode_prompts([""])
+        for start in tqdm(range(0, len(missing), batch_size), desc=f"class images '{class_prompt}'", leave=False):
+            idx = missing[start:start + batch_size]
+            # one generator per image: the same image whatever the batching or interruption
+            imgs = [bb.sample(cond, uncond, guidance_scale, torch.Generator().manual_seed(seed * 100003 + i),
+                              bb.sample_steps)[0] for i in idx]
+            for i, img in zip(idx, imgs):
+                arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+                tmp = folder / f".{i:04d}.png.tmp"
+                Image.fromarray(arr).save(tmp, format="PNG")
+                os.replace(tmp, files[i])
+        atomic_write_json(folder / "meta.json", {"prompt": class_prompt, "n": n, "seed": seed, "backbone": bb.key})
+    arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and saving fine-tuned weights
+def _lora_targets(bb: Backbone) -> list[str]:
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    if bb.space == "pixel":  # IF's attention also projects the text tokens it attends to
+        targets += ["add_k_proj", "add_v_proj"]
+    return targets
+
+
+def _add_lora(bb: Backbone, unet: torch.nn.Module, rank: int) -> None:
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=_lora_targets(bb)))
+
+
+def save_checkpoint(unet, text_encoder, mode: str, folder: Path) -> None:
+    """Full: folder/unet (+ folder/text_encoder) as diffusers folders; LoRA: diffusers LoRA file."""
+    if mode == "full":
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        if text_encoder is not None:
+            text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    else:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers,
+                                                  weight_name=LORA_WEIGHTS, safe_serialization=True)
+
+
+def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = False) -> Backbone:
+    """The backbone with the checkpoint's weights (fp32 + train mode when trainable)."""
+    from diffusers import UNet2DConditionModel
+
+    text_encoder = None
+    if ckpt.mode == "full":
+        unet = UNet2DConditionModel.from_pretrained(Path(ckpt.path) / "unet")
+        if ckpt.text_encoder:
+            text_encoder = type(bb.text_encoder).from_pretrained(Path(ckpt.path) / "text_encoder")
+    else:
+        unet = bb.trainable_unet() if trainable else copy.deepcopy(bb.unet)
+        unet.load_lora_adapter(str(ckpt.path), prefix="unet", weight_name=LORA_WEIGHTS)
+    dtype = torch.float32 if trainable else bb.dtype
+    unet.to(bb.device, dtype).train(trainable).requires_grad_(False)
+    if text_encoder is not None:
+        text_encoder.to(bb.text_device, dtype).train(trainable).requires_grad_(False)
+    return bb.with_weights(unet, text_encoder)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Fixed:
+    """Inputs computed once per run."""
+
+    mean: Tensor  # (N, C, r, r) model-space mean of each image (subject images, then class images)
+    std: Tensor  # (N, C, r, r) its standard deviation (0 in pixel space)
+    n_instance: int
+    ids: Tensor  # (2, L) token ids: instance prompt, class prompt
+    mask: Tensor  # (2, L)
+    emb: Tensor  # (2, L, D) their embeddings (recomputed each step when the text encoder trains)
+
+
+@torch.no_grad()
+def _precompute(bb: Backbone, images: Tensor, class_imgs: Tensor | None, instance_prompt: str,
+                class_prompt: str, chunk: int = 16) -> _Fixed:
+    all_imgs = images if class_imgs is None else torch.cat([images, class_imgs])
+    means, stds = zip(*(bb.latent_distribution(all_imgs[i:i + chunk]) for i in range(0, len(all_imgs), chunk)))
+    ids, mask = bb.tokenize([instance_prompt, class_prompt or instance_prompt])
+    return _Fixed(torch.cat(means), torch.cat(stds), len(images), ids, mask,
+                  bb.encode_prompts([instance_prompt, class_prompt or instance_prompt]))
+
+
+def train_dreambooth(
+    bb: Backbone,
+    cfg: DreamBoothConfig,
+    images: Tensor,
+    instance_prompt: str,
+    out_dir: Path,
+    save_steps: Sequence[int],
+    seed: int,
+    key: str,
+    class_imgs: Tensor | None = None,
+    class_prompt: str = "",
+    init: DreamBoothCheckpoint | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
+) -> dict[int, DreamBoothCheckpoint]:
+    """Fine-tune on `images` (N,3,R,R in [0,1]); return {step: checkpoint} for every save step.
+
+    `key` names this run's inputs (backbone, images, prompts, config, init); each checkpoint's
+    key is derived from it and its step. `callback(step, instance_loss, prior_loss)` runs after
+    every optimiser step. Rerunning with the same out_dir resumes (finished checkpoints are kept).
+    """
+    out_dir = Path(out_dir)
+    save_steps = sorted(set(int(s) for s in save_steps))
+    total = save_steps[-1]
+    use_prior = cfg.prior_preservation and class_imgs is not None and len(class_imgs) > 0 and cfg.prior_weight > 0
+    ckpts = {s: read_done(out_dir / f"step-{s:06d}", DreamBoothCheckpoint) for s in save_steps}
+    if all(c is not None for c in ckpts.values()):
+        return ckpts  # 0. already finished
+
+    # 1. trainable copies (fp32) of the UNet (+ text encoder), from the init checkpoint if any
+    base = load_dreambooth(bb, init, trainable=True) if init is not None else bb
+    unet = base.unet if init is not None else bb.trainable_unet()
+    if cfg.mode == "full":
+        unet.requires_grad_(True)
+    elif init is None or init.mode == "full":
+        _add_lora(bb, unet, cfg.lora_rank)
+    else:  # continue training the loaded adapter
+        for name, p in unet.named_parameters():
+            p.requires_grad_("lora_" in name)
+    unet.train()
+    text_encoder = None
+    if cfg.train_text_encoder:
+        text_encoder = copy.deepcopy(base.text_encoder).to(bb.device, torch.float32)
+        text_encoder.requires_grad_(True).train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if text_encoder is not None:
+        params += list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+
+    # 2. fixed inputs, computed once
+    fixed = _precompute(base, images, class_imgs if use_prior else None, instance_prompt, class_prompt)
+    gen = torch.Generator().manual_seed(seed)
+
+    # 3. resume from the last training state, if one was written
+    step = 0
+    state_path = out_dir / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        named = dict(unet.named_parameters())
+        for name, value in state["unet"].items():
+            named[name].data.copy_(value)
+        if text_encoder is not None and "text_encoder" in state:
+            text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"])
+        step = state["step"]
+
+    # 4. the training loop
+    n_inst, n_cls = fixed.n_instance, len(fixed.mean) - fixed.n_instance
+    a_bar = bb.alphas_cumprod
+    bar = tqdm(total=total, initial=step, desc=f"DreamBooth {cfg.mode}", leave=False)
+    while step < total:
+        # 4a. a batch of subject images (and as many class images), latents drawn from the VAE posterior
+        idx = torch.randint(n_inst, (cfg.batch_size,), generator=gen)
+        which = torch.zeros(cfg.batch_size, dtype=torch.long)
+        if use_prior:
+            idx = torch.cat([idx, n_inst + torch.randint(n_cls, (cfg.batch_size,), generator=gen)])
+            which = torch.cat([which, torch.ones(cfg.batch_size, dtype=torch.long)])
+        z_noise = torch.randn(fixed.mean[idx].shape, generator=gen).to(bb.device)
+        x0 = fixed.mean[idx] + fixed.std[idx] * z_noise
+        # 4b. forward diffusion at a random timestep
+        eps = torch.randn(x0.shape, generator=gen).to(bb.device)
+        t = torch.randint(bb.num_train_timesteps, (len(idx),), generator=gen).to(bb.device)
+        x_t = diffusion.add_noise(x0, eps, a_bar[t])
+        # 4c. one UNet call for subject + class images
+        emb = bb.embed_tokens(fixed.ids, fixed.mask, text_encoder) if text_encoder is not None else fixed.emb
+        pred = bb.unet_output(x_t, t, emb[which.to(bb.device)], unet)
+        err = ((pred - bb.training_target(x0, eps, t)) ** 2).flatten(1).mean(1)
+        inst_loss = err[: cfg.batch_size].mean()
+        prior_loss = err[cfg.batch_size:].mean() if use_prior else torch.zeros((), device=bb.device)
+        loss = inst_loss + cfg.prior_weight * prior_loss
+        # 4d. update
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{inst_loss.item():.4f}", prior=f"{prior_loss.item():.4f}")
+        if callback is not None:
+            callback(step, inst_loss.item(), prior_loss.item())
+        # 4e. checkpoints and resumable state
+        if step in ckpts and ckpts[step] is None:
+            folder = out_dir / f"step-{step:06d}"
+            save_checkpoint(unet, text_encoder, cfg.mode, folder)
+            ckpt = DreamBoothCheckpoint(path=str(folder), step=step, mode=cfg.mode, key=content_key(key, step),
+                                        backbone_key=bb.key, text_encoder=text_encoder is not None)
+            mark_done(folder, ckpt)
+            ckpts[step] = ckpt
+        if step < total and (step in ckpts or (cfg.resume_every and step % cfg.resume_every == 0)):
+            _save_state(state_path, step, unet, text_encoder, optimizer, gen)
+    bar.close()
+    state_path.unlink(missing_ok=True)
+    atomic_write_json(out_dir / "run.json", {"key": key, "steps": total, "mode": cfg.mode,
+                                             "prior": use_prior, "instance_prompt": instance_prompt,
+                                             "class_prompt": class_prompt})
+    return ckpts
+
+
+def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch.Generator) -> None:
+    state = {
+        "step": step,
+        "unet": {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "rng": gen.get_state(),
+    }
+    if text_encoder is not None:
+        state["text_encoder"] = text_encoder.state_dict()
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run_key(bb: Backbone, cfg: DreamBoothConfig, images: Tensor, instance_prompt: str, class_prompt: str,
+            class_key: str, seed: int, init: DreamBoothCheckpoint | None) -> str:
+    """Content key of a DreamBooth run: what it reads, not the whole config."""
+    digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+    fields = {k: getattr(cfg, k) for k in ("identifier", "mode", "lora_rank", "train_text_encoder", "learning_rate",
+                                            "batch_size", "prior_preservation", "prior_weight", "max_grad_norm")}
+    return content_key("dreambooth", bb.key, fields, digest, instance_prompt, class_prompt, class_key, seed,
+                       init.key if init else None)
+
