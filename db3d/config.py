@@ -237,3 +237,42 @@ def to_flat_dict(cfg) -> dict:
 def section_dict(obj) -> dict:
     """A config section as a plain dict (the input of a content key)."""
     return dataclasses.asdict(obj)
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore as `run_schema` (used by conf/run.yaml)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def compose(overrides: list[str]) -> RunConfig:
+    """Compose conf/run.yaml with command-line style overrides into a validated RunConfig.
+
+    Unknown keys and wrong types fail here (Hydra / OmegaConf); ranges and choices in validate().
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="db3d.conf", version_base="1.3"):
+            dcfg = hydra_compose(config_name="run", overrides=list(overrides))
+        cfg = OmegaConf.to_object(dcfg)
+    except Exception as err:  # Hydra / OmegaConf: unknown key, wrong type, missing group option
+        messages, cause = [], err
+        while cause is not None:
+            messages.append(" ".join(str(cause).split()))
+            cause = cause.__cause__
+        raise ConfigError([": ".join(dict.fromkeys(m for m in messages if m))]) from err
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -113,9 +113,11 @@ def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = 
         unet = bb.trainable_unet() if trainable else copy.deepcopy(bb.unet)
         unet.load_lora_adapter(str(ckpt.path), prefix="unet", weight_name=LORA_WEIGHTS)
     dtype = torch.float32 if trainable else bb.dtype
-    unet.to(bb.device, dtype).train(trainable).requires_grad_(False)
-    if text_encoder is not None:
-        text_encoder.to(bb.text_device, dtype).train(trainable).requires_grad_(False)
+    for module, device in ((unet, bb.device), (text_encoder, bb.text_device)):
+        if module is not None:
+            module.to(device=device).train(trainable).requires_grad_(False)
+            if next(module.parameters()).dtype != dtype:
+                module.to(dtype=dtype)
     return bb.with_weights(unet, text_encoder)
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny backbones (built once per session), the shared dataset, quiet logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def dataset_root() -> Path:
+    return Path(os.environ.get("DB3D_DATASET", Path(__file__).resolve().parents[1].parent / "shared" / "dreambooth_dataset"))
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Path:
+    root = dataset_root()
+    if not (root / "prompts_and_classes.txt").exists():
+        pytest.skip(f"shared DreamBooth dataset not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    from db3d.backbones import build_backbone
+    from db3d.config import BackboneConfig
+
+    return build_backbone(BackboneConfig(kind="tiny-sd", seed=0, sample_steps=4))
+
+
+@pytest.fixture(scope="session")
+def tiny_if():
+    from db3d.backbones import build_backbone
+    from db3d.config import BackboneConfig
+
+    return build_backbone(BackboneConfig(kind="tiny-if", seed=0, sample_steps=4))
+
+
+@pytest.fixture(params=["tiny-sd", "tiny-if"])
+def tiny(request, tiny_sd, tiny_if):
+    return tiny_sd if request.param == "tiny-sd" else tiny_if
