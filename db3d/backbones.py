@@ -29,6 +29,11 @@ from .config import BackboneConfig
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating-point weights (plain nn.Module.to: diffusers' override warns on every dtype)."""
+    return torch.nn.Module.to(module, dtype=dtype)
+
+
 class BackboneNotFound(FileNotFoundError):
     """Real weights could not be found locally; the message says where we looked and what to do."""
 
@@ -222,7 +227,7 @@ class Backbone:
 
     def trainable_unet(self) -> torch.nn.Module:
         """A float32 copy of the UNet for fine-tuning (the frozen one is never modified)."""
-        return copy.deepcopy(self.unet).to(self.device, torch.float32).train()
+        return cast(copy.deepcopy(self.unet).to(device=self.device), torch.float32).train()
 
     def save_pretrained(self, path: Path) -> None:
         """Write a diffusers pipeline folder that `backbone=sd|if backbone.model=path` loads."""
@@ -261,8 +266,8 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         module = parts.get(name)
         if module is not None:
             module.requires_grad_(False).eval().to(device=device)
-            if dtype != torch.float32 and next(module.parameters()).dtype != dtype:
-                module.to(dtype=dtype)
+            if next(module.parameters()).dtype != dtype:
+                cast(module, dtype)
     if cfg.channels_last:
         parts["unet"].to(memory_format=torch.channels_last)
     if not cfg.sdpa:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import diffusion
 from .artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
-from .backbones import Backbone
+from .backbones import Backbone, cast
 from .config import DreamBoothConfig
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -92,10 +92,11 @@ def save_checkpoint(unet, text_encoder, mode: str, folder: Path) -> None:
             text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     else:
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        # peft key names (lora_A / lora_B) under the "unet." prefix: what load_lora_weights reads.
+        # (convert_state_dict_to_diffusers renames to_k but not IF's add_k_proj, which breaks loading)
+        layers = get_peft_model_state_dict(unet, adapter_name=unet.active_adapters()[0])
         StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), unet_lora_layers=layers,
                                                   weight_name=LORA_WEIGHTS, safe_serialization=True)
 
@@ -117,7 +118,7 @@ def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = 
         if module is not None:
             module.to(device=device).train(trainable).requires_grad_(False)
             if next(module.parameters()).dtype != dtype:
-                module.to(dtype=dtype)
+                cast(module, dtype)
     return bb.with_weights(unet, text_encoder)
 
 
@@ -165,6 +166,7 @@ def train_dreambooth(
     every optimiser step. Rerunning with the same out_dir resumes (finished checkpoints are kept).
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_steps = sorted(set(int(s) for s in save_steps))
     total = save_steps[-1]
     use_prior = cfg.prior_preservation and class_imgs is not None and len(class_imgs) > 0 and cfg.prior_weight > 0
@@ -185,7 +187,7 @@ def train_dreambooth(
     unet.train()
     text_encoder = None
     if cfg.train_text_encoder:
-        text_encoder = copy.deepcopy(base.text_encoder).to(bb.device, torch.float32)
+        text_encoder = cast(copy.deepcopy(base.text_encoder).to(device=bb.device), torch.float32)
         text_encoder.requires_grad_(True).train()
     params = [p for p in unet.parameters() if p.requires_grad]
     if text_encoder is not None:

@@ -130,6 +130,7 @@ def hash_grid_torch(
         hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
         parts.append(hashed.reshape(n, -1, 8) + start)
     idx = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (N, L, 8)
+    idx = idx.long()  # int64: CPU index_add takes a much slower path with int32 indices
 
     # 4. weighted sum of the corner features
     feats = _WeightedGather.apply(table, idx.reshape(-1, 8), w8.reshape(-1, 8))  # (N*L, F)

@@ -1,0 +1,173 @@
+"""The NeRF field: hash grid -> small MLP -> density (with a blob bias) and albedo; normals; background.
+
+Positions live in world space; the field covers the bounding sphere of radius
+``FieldConfig.bound_radius`` centred at the origin and has zero density outside it. Normals are
+``-grad(density) / |grad(density)|``, by central finite differences (stable-dreamfusion's choice,
+cheap and stable) or by autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from db3d.nerf.encoding import HashGridEncoding
+
+
+@dataclass
+class FieldConfig:
+    """Architecture of ``NeRFField``; defaults follow Instant-NGP / stable-dreamfusion."""
+
+    bound_radius: float = 1.0
+    # radius of the bounding sphere (world units); density is zero outside it
+    n_levels: int = 16
+    # hash-grid levels L (Instant-NGP and Magic3D: 16)
+    features_per_level: int = 2
+    # features per level F (Instant-NGP: 2)
+    log2_hashmap_size: int = 19
+    # log2 of the rows per level T (Instant-NGP: 14-24; stable-dreamfusion and Magic3D: 19)
+    base_resolution: int = 16
+    # coarsest grid resolution N_min (Instant-NGP, Magic3D: 16)
+    max_resolution: int = 2048
+    # finest grid resolution N_max over the bounding cube (stable-dreamfusion: 2048 * bound)
+    encoding_implementation: Literal["torch", "tcnn"] = "torch"
+    # hash-grid backend: "tcnn" when tiny-cuda-nn is installed and the device is CUDA
+    hidden_dim: int = 64
+    # width of the density/albedo MLP (stable-dreamfusion: 64)
+    n_hidden_layers: int = 2
+    # hidden layers of that MLP (stable-dreamfusion: 3 layers of 64 in total)
+    density_activation: Literal["softplus", "exp"] = "softplus"
+    # density activation (DreamFusion: softplus; stable-dreamfusion: truncated exp)
+    density_blob_scale: float = 10.0
+    # peak of the Gaussian density bias added before the activation; DreamFusion adds a spatial
+    # density bias lambda_tau = 5 at initialisation, stable-dreamfusion's blob_density is 5-10
+    density_blob_std: float = 0.5
+    # std (world units) of that Gaussian (stable-dreamfusion's blob_radius: 0.2-0.5)
+    normals: Literal["finite_difference", "autograd"] = "finite_difference"
+    # how normals are computed: central differences of density (6 extra density calls) or autograd
+    normal_fd_eps: float = 1e-2
+    # finite-difference step in world units (stable-dreamfusion: 1e-2)
+    background: Literal["mlp", "random_solid", "fixed"] = "mlp"
+    # "mlp": learned colour from the view direction (DreamFusion); "random_solid": one random
+    # colour per call while training, background_color in eval; "fixed": background_color
+    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # colour of the "fixed" background and of "random_solid" in eval mode
+    background_hidden_dim: int = 32
+    # width of the background MLP (one hidden layer)
+    background_n_frequencies: int = 4
+    # sinusoidal frequencies of the view-direction encoding for the background MLP
+
+
+@dataclass
+class FieldOutputs:
+    """What the field returns for N points."""
+
+    density: Tensor  # (N,) non-negative volume density, 0 outside the bounding sphere
+    albedo: Tensor  # (N, 3) in [0, 1]
+    normal: Tensor | None  # (N, 3) unit normals (pointing out of the surface), if requested
+
+
+def frequency_encoding(x: Tensor, n_frequencies: int) -> Tensor:  # (N, D) -> (N, D * (1 + 2F))
+    """NeRF positional encoding ``[x, sin(2^k pi x), cos(2^k pi x)]``, k < n_frequencies."""
+    freqs = 2.0 ** torch.arange(n_frequencies, device=x.device, dtype=x.dtype) * math.pi
+    xf = (x[..., None] * freqs).flatten(-2)  # (N, D * F)
+    return torch.cat([x, torch.sin(xf), torch.cos(xf)], dim=-1)
+
+
+def density_blob(x: Tensor, scale: float, std: float) -> Tensor:  # (N, 3) -> (N,)
+    """Gaussian density bias ``scale * exp(-|x|^2 / (2 std^2))`` centred at the origin."""
+    return scale * torch.exp(-(x * x).sum(-1) / (2.0 * std * std))
+
+
+def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_hidden_layers):
+        layers += [nn.Linear(n_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(hidden if n_hidden_layers > 0 else n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+class NeRFField(nn.Module):
+    """Density + albedo field on a hash grid, with normals and a background model."""
+
+    def __init__(self, config: FieldConfig | None = None, device: torch.device | str | None = None):
+        super().__init__()
+        self.config = cfg = config or FieldConfig()
+        self.encoding = HashGridEncoding(
+            n_levels=cfg.n_levels,
+            features_per_level=cfg.features_per_level,
+            log2_hashmap_size=cfg.log2_hashmap_size,
+            base_resolution=cfg.base_resolution,
+            max_resolution=cfg.max_resolution,
+            implementation=cfg.encoding_implementation,
+            device=device,
+        )
+        self.mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, cfg.n_hidden_layers, 4)
+        if cfg.background == "mlp":
+            n_in = 3 * (1 + 2 * cfg.background_n_frequencies)
+            self.background_mlp = _mlp(n_in, cfg.background_hidden_dim, 1, 3)
+        elif cfg.background not in ("random_solid", "fixed"):
+            raise ValueError(f"unknown background {cfg.background!r}")
+        if cfg.normals not in ("finite_difference", "autograd"):
+            raise ValueError(f"unknown normals {cfg.normals!r}")
+        self.register_buffer(
+            "background_color", torch.tensor(cfg.background_color, dtype=torch.float32)
+        )
+        if device is not None:
+            self.to(device)
+
+    # ---- density and albedo -------------------------------------------------------------------
+
+    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (N, 3) -> (N,), (N, 3)
+        """Density (activated, zero outside the sphere) and pre-sigmoid albedo."""
+        r = self.config.bound_radius
+        h = self.mlp(self.encoding((x / r + 1.0) * 0.5))  # (N, 4); the cube [-r, r]^3 -> [0, 1]^3
+        pre = h[:, 0] + density_blob(x, self.config.density_blob_scale, self.config.density_blob_std)
+        if self.config.density_activation == "exp":
+            density = torch.exp(pre.clamp(max=15.0))  # truncated exp: no overflow
+        else:
+            density = nn.functional.softplus(pre)
+        inside = (x * x).sum(-1) <= r * r
+        return torch.where(inside, density, torch.zeros_like(density)), h[:, 1:]
+
+    def density(self, x: Tensor) -> Tensor:  # (N, 3) -> (N,)
+        return self._raw(x)[0]
+
+    def normals(self, x: Tensor) -> Tensor:  # (N, 3) -> (N, 3)
+        """Unit normals ``-grad(density)/|grad(density)|`` (finite differences or autograd)."""
+        if self.config.normals == "finite_difference":
+            eps = self.config.normal_fd_eps
+            offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # (3, 3)
+            probes = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1)  # (N, 6, 3)
+            d = self.density(probes.reshape(-1, 3)).reshape(-1, 6)
+            grad = (d[:, :3] - d[:, 3:]) / (2.0 * eps)  # (N, 3)
+        else:
+            # a fresh leaf, so this works under no_grad too; create_graph while training lets
+            # normal-based losses (orientation) reach the parameters
+            create_graph = torch.is_grad_enabled() and self.training
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.density(xg).sum(), xg, create_graph=create_graph)
+        return -nn.functional.normalize(grad, dim=-1, eps=1e-8)
+
+    def forward(self, x: Tensor, compute_normals: bool = False) -> FieldOutputs:  # x: (N, 3)
+        density, albedo_raw = self._raw(x)
+        normal = self.normals(x) if compute_normals else None
+        return FieldOutputs(density=density, albedo=torch.sigmoid(albedo_raw), normal=normal)
+
+    # ---- background ---------------------------------------------------------------------------
+
+    def background(self, directions: Tensor) -> Tensor:  # (R, 3) unit view directions -> (R, 3)
+        """Background colour seen along each ray (see ``FieldConfig.background``)."""
+        kind = self.config.background
+        if kind == "mlp":
+            enc = frequency_encoding(directions, self.config.background_n_frequencies)
+            return torch.sigmoid(self.background_mlp(enc))
+        if kind == "random_solid" and self.training:
+            colour = torch.rand(3, device=directions.device, dtype=directions.dtype)
+            return colour.expand(directions.shape[0], 3)
+        return self.background_color.to(directions.dtype).expand(directions.shape[0], 3)
