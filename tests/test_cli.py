@@ -1,0 +1,82 @@
+"""`db3d` CLI: check-data on the shared dataset, run on a generated subject, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import db3d.run
+from db3d import backbones, cli
+
+
+def test_check_data_lists_all_shared_subjects(shared_dataset, capsys):
+    assert cli.main(["check-data", str(shared_dataset)]) == 0
+    out = capsys.readouterr().out
+    for name, cls in (("dog", "dog"), ("bear_plushie", "stuffed animal"), ("teapot", "teapot"), ("cat", "cat")):
+        assert any(line.startswith(f"{name}:") and cls in line for line in out.splitlines()), name
+    assert sum(1 for line in out.splitlines() if "images=" in line) == 26
+
+
+def test_check_data_bad_folder_exits_nonzero_without_traceback(tmp_path):
+    bad = tmp_path / "subject"
+    bad.mkdir()
+    (bad / "00.jpg").write_bytes(b"")
+    (bad / "01.jpg").write_text("not an image")
+    proc = subprocess.run([sys.executable, "-m", "db3d.cli", "check-data", str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "00.jpg" in proc.stdout + proc.stderr and "01.jpg" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _no_model_loads(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("a model was loaded before the input was validated")
+
+    monkeypatch.setattr(backbones, "build_backbone", fail)
+    monkeypatch.setattr(db3d.run, "build_backbone", fail)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["subject=/does/not/exist"], "does/not/exist"),
+    (["prompt=a dog without the token"], "identifier"),
+    (["pseudo.t_pseudo=3"], "pseudo.t_pseudo"),
+    (["no_such_key=1"], "no_such_key"),
+])
+def test_run_rejects_bad_input_before_any_model_loads(args, needle, tmp_path, monkeypatch, capsys):
+    _no_model_loads(monkeypatch)
+    before = set(tmp_path.iterdir())
+    assert cli.main(["run", "preset=smoke", f"out={tmp_path / 'out'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_run_with_missing_real_weights_says_how_to_provide_them(tmp_path, capsys):
+    rc = cli.main(["run", "preset=smoke", "backbone=sd", f"backbone.model={tmp_path}/no_weights",
+                   f"out={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no_weights" in err and "huggingface-cli download" in err
+
+
+def test_run_smoke_on_a_generated_subject_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "preset=smoke", f"out={out}", f"cache_dir={tmp_path / 'cache'}"]
+    assert cli.main(args) == 0
+    for name in ("config.yaml", "summary.json", "samples_partial.png", "samples_full.png"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompt"] == "a sks toy" and summary["class_noun"] == "toy"
+    assert Path(summary["dreambooth_full"]).name == "step-000004"
+    done = Path(summary["dreambooth_full"]) / "done.json"
+    stamp = done.stat().st_mtime_ns
+    # rerun with the same out: DreamBooth is found by key, not trained again
+    assert cli.main(args) == 0
+    assert done.stat().st_mtime_ns == stamp
+    # the saved config is the resolved one
+    assert "partial_steps: 2" in (out / "config.yaml").read_text()
