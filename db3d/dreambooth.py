@@ -192,7 +192,8 @@ def train_dreambooth(
     params = [p for p in unet.parameters() if p.requires_grad]
     if text_encoder is not None:
         params += list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    # fused AdamW: one kernel over all tensors (CPU and CUDA; ~10% of a tiny-model step on CPU)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2, fused=True)
 
     # 2. fixed inputs, computed once
     fixed = _precompute(base, images, class_imgs if use_prior else None, instance_prompt, class_prompt)

@@ -53,29 +53,36 @@ def hash_grid_layout(
     return HashGridLayout(tuple(scales), tuple(resolutions), tuple(offsets), tuple(dense))
 
 
-class _WeightedGather(torch.autograd.Function):
-    """``out[b] = sum_k w[b, k] * table[idx[b, k]]`` with a scatter-add backward.
+class _CornerGather(torch.autograd.Function):
+    """``out[n, l, f] = sum_k w[k, l, n] * table[idx[k, l, n], f]`` over the 8 corners k.
 
-    Forward is one ``embedding_bag``; backward uses ``index_add`` (much faster on CPU than
-    embedding_bag's sort-based backward) and is itself differentiable, so double backward works.
+    Corner-major, level-major layout keeps every elementwise op on long contiguous rows (fast
+    on CPU); each feature column is gathered separately. The backward scatters with
+    ``index_add`` and is built from differentiable ops, so double backward works.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:  # (P,F), (B,8), (B,8)
+    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        # table (P, F); idx (8, L, N) int64 rows; w (8, L, N) -> (N, L, F)
         ctx.save_for_backward(table, idx, w)
-        return nn.functional.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+        flat = idx.reshape(-1)
+        cols = table.t().contiguous()  # (F, P)
+        out = [(cols[f].index_select(0, flat).view_as(w) * w).sum(0) for f in range(len(cols))]
+        return torch.stack(out, dim=-1).transpose(0, 1)  # (L, N, F) -> (N, L, F) view
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # (B, F)
+    def backward(ctx, grad_out: Tensor):  # (N, L, F)
         table, idx, w = ctx.saved_tensors
+        flat, n_feat = idx.reshape(-1), table.shape[1]
+        grad = grad_out.permute(2, 1, 0).contiguous()  # (F, L, N)
         grad_table = grad_w = None
-        flat = idx.reshape(-1)
         if ctx.needs_input_grad[0]:
-            src = (w[..., None] * grad_out[:, None, :]).reshape(-1, table.shape[1])
-            grad_table = torch.zeros_like(table).index_add(0, flat, src)
+            zeros = table.new_zeros(table.shape[0])
+            cols = [zeros.index_add(0, flat, (w * grad[f]).reshape(-1)) for f in range(n_feat)]
+            grad_table = torch.stack(cols, dim=-1)  # (P, F)
         if ctx.needs_input_grad[2]:
-            corners = table.index_select(0, flat).reshape(*idx.shape, table.shape[1])
-            grad_w = (corners * grad_out[:, None, :]).sum(-1)
+            cols = table.t()
+            grad_w = sum(cols[f].index_select(0, flat).view_as(w) * grad[f] for f in range(n_feat))
         return grad_table, None, grad_w
 
 
@@ -86,55 +93,50 @@ def hash_grid_torch(
 ) -> Tensor:  # (N, L * F) level-major features
     """Reference multiresolution hash encoding with trilinear interpolation (pure torch).
 
-    All levels at once: per dimension the two candidate grid coordinates and their linear
-    weights, combined by broadcasting into the 8 corners (x slowest), then one weighted gather
-    from the concatenated table. Gradients reach the table and the positions (double backward
-    too, for autograd normals). Inputs are clamped to [0, 1], where this equals tiny-cuda-nn.
+    All levels at once, in a corner-major ``(2, 2, 2, L, N)`` layout: per dimension the two
+    candidate grid coordinates and their linear weights, combined into the 8 corners by
+    broadcasting over the leading axes, then one weighted gather from the concatenated table.
+    Gradients reach the table and the positions (double backward too, for autograd normals).
+    Inputs are clamped to [0, 1], where this equals tiny-cuda-nn.
     """
-    n, device = x.shape[0], x.device
-    n_dense = sum(layout.dense)  # dense levels come first (resolution grows with level)
-    scales = torch.tensor(layout.scales, dtype=x.dtype, device=device)  # (L,)
-    offsets, sizes = layout.offsets[:-1], [b - a for a, b in zip(layout.offsets, layout.offsets[1:])]
+    device = x.device
+    n_levels, n_dense = layout.n_levels, sum(layout.dense)  # dense levels come first
+
+    def col(values, dtype=torch.int64):  # per-level constant shaped to broadcast over (L, N)
+        return torch.tensor(values, dtype=dtype, device=device)[:, None]
 
     # 1. grid coordinates: position * scale + 0.5, split into cell index and fraction
-    pos = x.clamp(0.0, 1.0)[:, :, None] * scales + 0.5  # (N, 3, L)
+    pos = col(layout.scales, x.dtype) * x.clamp(0.0, 1.0).t()[:, None, :] + 0.5  # (3, L, N)
     cell = torch.floor(pos)
-    frac = pos - cell  # (N, 3, L)
-    corner = torch.stack([cell, cell + 1], dim=-1).to(torch.int64)  # (N, 3, L, 2)
-    w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, 3, L, 2) linear weight per dim and bit
+    frac = pos - cell  # (3, L, N)
+    cell = cell.long()
 
-    # 2. trilinear weights of the 8 corners: outer product over the three dims
-    w8 = w[:, 0, :, :, None, None] * w[:, 1, :, None, :, None] * w[:, 2, :, None, None, :]
-    w8 = w8.reshape(n, -1, 8)  # (N, L, 8)
+    # 2. trilinear weights: outer product over x (slowest), y, z of (1 - frac, frac)
+    w = torch.stack([1.0 - frac, frac], dim=1)  # (3, 2, L, N)
+    w8 = (w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]).reshape(8, n_levels, -1)
 
     # 3. row index per corner: dense x + y*R + z*R^2 where the level fits (one wrap at the far
     #    faces, as tcnn's modulo does for inputs in [0, 1]), XOR prime hash otherwise; the
     #    hashed levels hold 2^k rows, so the modulo is a mask applied per term before the XOR
     parts = []
     if n_dense > 0:
-        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int64, device=device)
-        start = torch.tensor(offsets[:n_dense], dtype=torch.int32, device=device)[:, None]
-        size = torch.tensor(sizes[:n_dense], dtype=torch.int32, device=device)[:, None]
-        c = corner[:, :, :n_dense]  # (N, 3, Ld, 2)
-        cx, cy, cz = (c[:, d] * (res**d)[:, None] for d in range(3))
-        cx, cy, cz = cx.int(), cy.int(), cz.int()
-        dense = (cx[..., :, None, None] + cy[..., None, :, None] + cz[..., None, None, :]).reshape(
-            n, n_dense, 8
-        )
-        parts.append(torch.where(dense >= size, dense - size, dense) + start)
-    if n_dense < layout.n_levels:
-        mask = torch.tensor(sizes[n_dense:], dtype=torch.int64, device=device)[:, None] - 1
-        start = torch.tensor(offsets[n_dense:], dtype=torch.int32, device=device)[:, None]
-        c = corner[:, :, n_dense:]  # (N, 3, Lh, 2)
-        hx, hy, hz = (((c[:, d] * HASH_PRIMES[d]) & mask).int() for d in range(3))
-        hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
-        parts.append(hashed.reshape(n, -1, 8) + start)
-    idx = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (N, L, 8)
-    idx = idx.long()  # int64: CPU index_add takes a much slower path with int32 indices
+        res, c = col(layout.resolutions[:n_dense]), cell[:, :n_dense]  # c: (3, Ld, N)
+        t = [torch.stack([c[d], c[d] + 1]) * res**d for d in range(3)]  # 3 x (2, Ld, N)
+        dense = t[0][:, None, None] + t[1][None, :, None] + t[2][None, None, :]  # (2,2,2,Ld,N)
+        size = col([b - a for a, b in zip(layout.offsets, layout.offsets[1:n_dense + 1])])
+        dense = torch.where(dense >= size, dense - size, dense)
+        parts.append(dense + col(layout.offsets[:n_dense]))
+    if n_dense < n_levels:
+        mask = col([b - a - 1 for a, b in zip(layout.offsets[n_dense:], layout.offsets[n_dense + 1:])])
+        c = cell[:, n_dense:]  # (3, Lh, N)
+        t = [(torch.stack([c[d], c[d] + 1]) * HASH_PRIMES[d]) & mask for d in range(3)]
+        hashed = t[0][:, None, None] ^ t[1][None, :, None] ^ t[2][None, None, :]
+        parts.append(hashed + col(layout.offsets[n_dense:-1]))
+    idx = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]  # (2, 2, 2, L, N)
 
     # 4. weighted sum of the corner features
-    feats = _WeightedGather.apply(table, idx.reshape(-1, 8), w8.reshape(-1, 8))  # (N*L, F)
-    return feats.reshape(n, -1)
+    feats = _CornerGather.apply(table, idx.reshape(8, n_levels, -1), w8)  # (N, L, F)
+    return feats.reshape(x.shape[0], -1)
 
 
 def _load_tcnn():
