@@ -21,9 +21,9 @@ from db3d.nerf.losses import reconstruction_loss
 from db3d.nerf.render import render_rays, render_views
 
 RES = 64
-N_SAMPLES = 48
-STEPS = 300
-BATCH_RAYS = 2048
+N_SAMPLES = 32
+STEPS = 400
+BATCH_RAYS = 1024
 WHITE = torch.ones(3)
 
 
@@ -69,8 +69,8 @@ def make_views():
     test = orbit_cameras(4, elevation_deg=20.0, distance=2.8, fov_y_deg=42.0, resolution=RES,
                          azimuth_offset_deg=30.0)
     scene = SoftSpheres()
-    gt_train = render_views(scene, train, n_samples=384, background=WHITE).rgb
-    gt_test = render_views(scene, test, n_samples=384, background=WHITE).rgb
+    gt_train = render_views(scene, train, n_samples=128, background=WHITE).rgb
+    gt_test = render_views(scene, test, n_samples=128, background=WHITE).rgb
     return train, test, gt_train, gt_test
 
 

@@ -53,36 +53,29 @@ def hash_grid_layout(
     return HashGridLayout(tuple(scales), tuple(resolutions), tuple(offsets), tuple(dense))
 
 
-class _CornerGather(torch.autograd.Function):
-    """``out[n, l, f] = sum_k w[k, l, n] * table[idx[k, l, n], f]`` over the 8 corners k.
+class _WeightedGather(torch.autograd.Function):
+    """``out[b] = sum_k w[b, k] * table[idx[b, k]]``: one ``embedding_bag`` forward.
 
-    Corner-major, level-major layout keeps every elementwise op on long contiguous rows (fast
-    on CPU); each feature column is gathered separately. The backward scatters with
-    ``index_add`` and is built from differentiable ops, so double backward works.
+    The backward scatters with ``index_add`` (much faster on CPU than embedding_bag's own
+    sort-based backward) and is built from differentiable ops, so double backward works.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-        # table (P, F); idx (8, L, N) int64 rows; w (8, L, N) -> (N, L, F)
+    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:  # (P,F), (B,8), (B,8)
         ctx.save_for_backward(table, idx, w)
-        flat = idx.reshape(-1)
-        cols = table.t().contiguous()  # (F, P)
-        out = [(cols[f].index_select(0, flat).view_as(w) * w).sum(0) for f in range(len(cols))]
-        return torch.stack(out, dim=-1).transpose(0, 1)  # (L, N, F) -> (N, L, F) view
+        return nn.functional.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # (N, L, F)
+    def backward(ctx, grad_out: Tensor):  # (B, F)
         table, idx, w = ctx.saved_tensors
-        flat, n_feat = idx.reshape(-1), table.shape[1]
-        grad = grad_out.permute(2, 1, 0).contiguous()  # (F, L, N)
         grad_table = grad_w = None
+        flat = idx.reshape(-1)
         if ctx.needs_input_grad[0]:
-            zeros = table.new_zeros(table.shape[0])
-            cols = [zeros.index_add(0, flat, (w * grad[f]).reshape(-1)) for f in range(n_feat)]
-            grad_table = torch.stack(cols, dim=-1)  # (P, F)
+            src = (w[..., None] * grad_out[:, None, :]).reshape(-1, table.shape[1])
+            grad_table = torch.zeros_like(table).index_add(0, flat, src)
         if ctx.needs_input_grad[2]:
-            cols = table.t()
-            grad_w = sum(cols[f].index_select(0, flat).view_as(w) * grad[f] for f in range(n_feat))
+            corners = table.index_select(0, flat).reshape(*idx.shape, table.shape[1])
+            grad_w = (corners * grad_out[:, None, :]).sum(-1)
         return grad_table, None, grad_w
 
 
@@ -93,50 +86,56 @@ def hash_grid_torch(
 ) -> Tensor:  # (N, L * F) level-major features
     """Reference multiresolution hash encoding with trilinear interpolation (pure torch).
 
-    All levels at once, in a corner-major ``(2, 2, 2, L, N)`` layout: per dimension the two
-    candidate grid coordinates and their linear weights, combined into the 8 corners by
-    broadcasting over the leading axes, then one weighted gather from the concatenated table.
-    Gradients reach the table and the positions (double backward too, for autograd normals).
-    Inputs are clamped to [0, 1], where this equals tiny-cuda-nn.
+    All levels at once. Per level and dimension, the two candidate grid coordinates and their
+    linear weights are combined into the 8 corners (x bit slowest) by broadcasting in an
+    ``(L, 2, 2, 2, N)`` layout, which keeps the points on the long contiguous axis (fast on CPU);
+    one weighted gather from the concatenated table finishes it. Gradients reach the table and
+    the positions (double backward too, for autograd normals). Inputs are clamped to [0, 1],
+    where this matches tiny-cuda-nn.
     """
-    device = x.device
+    device, n = x.device, x.shape[0]
     n_levels, n_dense = layout.n_levels, sum(layout.dense)  # dense levels come first
+    rows = [b - a for a, b in zip(layout.offsets, layout.offsets[1:])]  # (L,) rows per level
 
-    def col(values, dtype=torch.int64):  # per-level constant shaped to broadcast over (L, N)
-        return torch.tensor(values, dtype=dtype, device=device)[:, None]
+    def per_level(values, dims: int, dtype=torch.int64) -> Tensor:  # (L', 1, ...) constants
+        return torch.tensor(values, dtype=dtype, device=device).view(-1, *([1] * dims))
 
     # 1. grid coordinates: position * scale + 0.5, split into cell index and fraction
-    pos = col(layout.scales, x.dtype) * x.clamp(0.0, 1.0).t()[:, None, :] + 0.5  # (3, L, N)
+    pos = per_level(layout.scales, 2, x.dtype) * x.clamp(0.0, 1.0).t()[None] + 0.5  # (L, 3, N)
     cell = torch.floor(pos)
-    frac = pos - cell  # (3, L, N)
+    frac = pos - cell  # (L, 3, N)
     cell = cell.long()
 
-    # 2. trilinear weights: outer product over x (slowest), y, z of (1 - frac, frac)
-    w = torch.stack([1.0 - frac, frac], dim=1)  # (3, 2, L, N)
-    w8 = (w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]).reshape(8, n_levels, -1)
+    # 2. trilinear weights: outer product over x, y, z of (1 - frac, frac)
+    w = torch.stack([1.0 - frac, frac], dim=2)  # (L, 3, 2, N)
+    w8 = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]  # (L,2,2,2,N)
 
-    # 3. row index per corner: dense x + y*R + z*R^2 where the level fits (one wrap at the far
-    #    faces, as tcnn's modulo does for inputs in [0, 1]), XOR prime hash otherwise; the
-    #    hashed levels hold 2^k rows, so the modulo is a mask applied per term before the XOR
-    parts = []
+    # 3. row index per corner, written level block by level block:
+    #    dense levels: x + y*R + z*R^2, wrapped once at the far faces as tcnn's modulo does;
+    #    hashed levels (2^k rows): XOR of coordinate * prime, the modulo a mask on each term
+    idx = torch.empty(n_levels, 2, 2, 2, n, dtype=torch.int64, device=device)
     if n_dense > 0:
-        res, c = col(layout.resolutions[:n_dense]), cell[:, :n_dense]  # c: (3, Ld, N)
-        t = [torch.stack([c[d], c[d] + 1]) * res**d for d in range(3)]  # 3 x (2, Ld, N)
-        dense = t[0][:, None, None] + t[1][None, :, None] + t[2][None, None, :]  # (2,2,2,Ld,N)
-        size = col([b - a for a, b in zip(layout.offsets, layout.offsets[1:n_dense + 1])])
-        dense = torch.where(dense >= size, dense - size, dense)
-        parts.append(dense + col(layout.offsets[:n_dense]))
+        res = per_level(layout.resolutions[:n_dense], 2)
+        c = cell[:n_dense]  # (Ld, 3, N)
+        t = [torch.stack([c[:, d], c[:, d] + 1], dim=1) * res**d for d in range(3)]  # (Ld, 2, N)
+        block = idx[:n_dense]
+        torch.add(t[0][:, :, None, None] + t[1][:, None, :, None], t[2][:, None, None, :], out=block)
+        size = per_level(rows[:n_dense], 4)
+        block.sub_((block >= size) * size)
+        block.add_(per_level(layout.offsets[:n_dense], 4))
     if n_dense < n_levels:
-        mask = col([b - a - 1 for a, b in zip(layout.offsets[n_dense:], layout.offsets[n_dense + 1:])])
-        c = cell[:, n_dense:]  # (3, Lh, N)
-        t = [(torch.stack([c[d], c[d] + 1]) * HASH_PRIMES[d]) & mask for d in range(3)]
-        hashed = t[0][:, None, None] ^ t[1][None, :, None] ^ t[2][None, None, :]
-        parts.append(hashed + col(layout.offsets[n_dense:-1]))
-    idx = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]  # (2, 2, 2, L, N)
+        mask = per_level([r - 1 for r in rows[n_dense:]], 2)
+        c = cell[n_dense:]  # (Lh, 3, N)
+        t = [(torch.stack([c[:, d], c[:, d] + 1], dim=1) * HASH_PRIMES[d]) & mask for d in range(3)]
+        block = idx[n_dense:]
+        torch.bitwise_xor(t[0][:, :, None, None] ^ t[1][:, None, :, None], t[2][:, None, None, :], out=block)
+        block.add_(per_level(layout.offsets[n_dense:-1], 4))
 
-    # 4. weighted sum of the corner features
-    feats = _CornerGather.apply(table, idx.reshape(8, n_levels, -1), w8)  # (N, L, F)
-    return feats.reshape(x.shape[0], -1)
+    # 4. weighted sum of the 8 corner features, bags of 8 in (L, N) order
+    idx = idx.view(n_levels, 8, n).transpose(1, 2).reshape(-1, 8)  # (L*N, 8)
+    w8 = w8.reshape(n_levels, 8, n).transpose(1, 2).reshape(-1, 8)
+    feats = _WeightedGather.apply(table, idx, w8)  # (L*N, F)
+    return feats.view(n_levels, n, -1).transpose(0, 1).reshape(n, -1)
 
 
 def _load_tcnn():
