@@ -20,6 +20,8 @@ BackboneKind = Literal["tiny-sd", "tiny-if", "sd", "if"]
 DType = Literal["fp32", "fp16", "bf16"]
 MethodName = Literal["dreambooth3d", "dreambooth_fusion", "latent_nerf"]
 FinetuneMode = Literal["full", "lora"]
+EncodingBackend = Literal["torch", "tcnn"]
+FinalInit = Literal["scratch", "stage1"]
 
 
 @dataclass
@@ -98,6 +100,70 @@ class SDSConfig:
     """Lowest diffusion time sampled, as a fraction of the training timesteps (DreamFusion: 0.02)."""
     t_max: float = 0.98
     """Highest diffusion time sampled (DreamFusion: 0.98)."""
+    t_max_end: float = -1.0
+    """When in (t_min, t_max]: t_max anneals linearly to it over the stage (-1: no annealing)."""
+    grad_clip: float = 0.0
+    """Per-sample L2 bound of the SDS gradient (0: off)."""
+
+
+@dataclass
+class NeRFConfig:
+    steps: int = 5000
+    """Optimisation steps of each NeRF stage (DreamFusion: 15000; stable-dreamfusion: 5000-10000)."""
+    learning_rate: float = 1e-2
+    """Adam learning rate of the hash grid and MLPs (Instant-NGP / stable-dreamfusion: 1e-2 / 1e-3)."""
+    batch_views: int = 1
+    """Random cameras rendered per step (azimuths stratified over the batch)."""
+    n_samples: int = 64
+    """Samples per ray inside the bounding sphere."""
+    encoding: str = "torch"
+    """Hash-grid backend: torch (anywhere) or tcnn (tiny-cuda-nn on CUDA; loud fallback to torch)."""
+    log2_hashmap_size: int = 19
+    """Rows per hash-grid level, log2 (Instant-NGP: 19). The smoke preset uses a small table."""
+    n_levels: int = 16
+    """Hash-grid levels (Instant-NGP: 16)."""
+    hidden_dim: int = 64
+    """Width of the density/albedo MLP (stable-dreamfusion: 64)."""
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 60.0])
+    """Training camera elevation in degrees (DreamFusion: [-10, 90])."""
+    distance_range: list[float] = field(default_factory=lambda: [1.5, 2.0])
+    """Camera distance from the origin, bounding radius 1 (DreamFusion: [1, 1.5] of its scene scale)."""
+    fov_range: list[float] = field(default_factory=lambda: [40.0, 70.0])
+    """Vertical field of view in degrees (DreamFusion: focal multiplier U[0.7, 1.35] ~ [40, 70])."""
+    orbit_elevation: float = 15.0
+    """Elevation of the fixed orbit (pseudo views, turntables, evaluation views)."""
+    orbit_distance: float = 1.75
+    """Radius of that orbit."""
+    orbit_fov: float = 50.0
+    """Field of view on that orbit."""
+    p_albedo: float = 0.2
+    """Probability of an albedo-only render (DreamFusion mixes albedo / textureless / shaded)."""
+    p_textureless: float = 0.4
+    """Probability of a textureless (white albedo, Lambertian) render."""
+    p_lambertian: float = 0.4
+    """Probability of a shaded (albedo x Lambertian) render."""
+    view_dependent_prompts: bool = True
+    """Append "front / side / back / overhead view" by camera direction (DreamFusion)."""
+    lambda_orientation: float = 1e-2
+    """Weight of the orientation loss (Ref-NeRF / DreamFusion; stable-dreamfusion: 1e-2)."""
+    lambda_opacity: float = 1e-3
+    """Weight of the opacity entropy loss (pushes opacity to 0 or 1)."""
+    lambda_distortion: float = 0.0
+    """Weight of the mip-NeRF 360 distortion loss (0: off)."""
+    checkpoint_every: int = 200
+    """Write a resumable NeRF state every this many steps."""
+
+
+@dataclass
+class ExportConfig:
+    turntable_frames: int = 36
+    """Frames of the turntable videos (one orbit)."""
+    turntable_resolution: int = 128
+    """Side of the turntable frames in pixels."""
+    fps: int = 12
+    """Frames per second of the videos."""
+    mesh_resolution: int = 128
+    """Density grid side for marching cubes."""
 
 
 @dataclass
@@ -107,6 +173,8 @@ class PseudoViewConfig:
     t_pseudo: float = 0.5
     """Noise level of the img2img translation, as a fraction of the timesteps. The paper leaves
     it open; a sweep axis."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance of the img2img translation with D_full."""
 
 
 @dataclass
@@ -122,6 +190,10 @@ class MethodConfig:
     """Weight of the NeRF regularisers (paper: lambda_nerf)."""
     recon_norm_p: int = 1
     """Norm p of the reconstruction loss ||render(P_v) - I_v^pseudo||_p (open in the paper)."""
+    recon_views_per_step: int = 1
+    """Pseudo views rendered for the reconstruction term at each step."""
+    final_init: str = "scratch"
+    """The final NeRF starts from scratch (the paper's F_gamma, default) or from stage1's weights."""
 
 
 @dataclass
@@ -146,6 +218,8 @@ class RunConfig:
     sds: SDSConfig = field(default_factory=SDSConfig)
     pseudo: PseudoViewConfig = field(default_factory=PseudoViewConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    nerf: NeRFConfig = field(default_factory=NeRFConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 class ConfigError(ValueError):
@@ -162,6 +236,8 @@ _CHOICES = {
     "backbone.dtype": DType,
     "dreambooth.mode": FinetuneMode,
     "method.name": MethodName,
+    "nerf.encoding": EncodingBackend,
+    "method.final_init": FinalInit,
 }
 
 
@@ -184,7 +260,10 @@ def validate(cfg: RunConfig) -> None:
         if getattr(db, name) < 0:
             problems.append(f"dreambooth.{name}={getattr(db, name)}: must be >= 0")
     for path in ("dreambooth.batch_size", "dreambooth.lora_rank", "backbone.resolution",
-                 "backbone.sample_steps", "render.resolution", "pseudo.n_views"):
+                 "backbone.sample_steps", "render.resolution", "pseudo.n_views", "nerf.steps",
+                 "nerf.batch_views", "nerf.n_samples", "nerf.hidden_dim", "nerf.n_levels",
+                 "method.recon_views_per_step", "export.turntable_frames", "export.turntable_resolution",
+                 "export.fps", "export.mesh_resolution"):
         if _get(cfg, path) < 1:
             problems.append(f"{path}={_get(cfg, path)}: must be >= 1")
     if db.full_steps < db.partial_steps:
@@ -206,6 +285,22 @@ def validate(cfg: RunConfig) -> None:
     for name in ("lambda_sds", "lambda_recon", "lambda_nerf"):
         if getattr(cfg.method, name) < 0:
             problems.append(f"method.{name}={getattr(cfg.method, name)}: must be >= 0")
+    for name in ("elevation_range", "distance_range", "fov_range"):
+        lo_hi = getattr(cfg.nerf, name)
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            problems.append(f"nerf.{name}={list(lo_hi)}: must be [low, high] with low <= high")
+    if min(cfg.nerf.distance_range) <= 0 or cfg.nerf.orbit_distance <= 0:
+        problems.append("nerf.distance_range / nerf.orbit_distance: must be > 0")
+    if min(cfg.nerf.p_albedo, cfg.nerf.p_textureless, cfg.nerf.p_lambertian) < 0 or \
+            cfg.nerf.p_albedo + cfg.nerf.p_textureless + cfg.nerf.p_lambertian <= 0:
+        problems.append("nerf.p_albedo / p_textureless / p_lambertian: must be >= 0 with a positive sum")
+    if cfg.nerf.learning_rate <= 0:
+        problems.append(f"nerf.learning_rate={cfg.nerf.learning_rate}: must be > 0")
+    if cfg.pseudo.guidance_scale <= 0:
+        problems.append(f"pseudo.guidance_scale={cfg.pseudo.guidance_scale}: must be > 0")
+    if cfg.method.name == "latent_nerf" and cfg.backbone.kind in ("tiny-if", "if"):
+        problems.append(f"method=latent_nerf needs a latent backbone (tiny-sd or sd), not backbone.kind={cfg.backbone.kind}: "
+                        "IF works in pixel space, so there is no latent space to render")
     if cfg.method.recon_norm_p not in (1, 2):
         problems.append(f"method.recon_norm_p={cfg.method.recon_norm_p}: must be 1 or 2")
     if cfg.backbone.kind in ("sd", "if") and not cfg.backbone.model:

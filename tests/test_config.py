@@ -16,9 +16,10 @@ def test_paper_preset_carries_the_papers_values():
 
 
 def test_smoke_preset_and_groups():
-    cfg = compose(["preset=smoke", "backbone=tiny-if", "method=latent_nerf", "dreambooth.mode=lora"])
+    cfg = compose(["preset=smoke", "backbone=tiny-if", "method=dreambooth_fusion", "dreambooth.mode=lora"])
     assert cfg.dreambooth.full_steps < 10 and cfg.backbone.kind == "tiny-if"
-    assert cfg.method.name == "latent_nerf" and cfg.dreambooth.mode == "lora"
+    assert cfg.method.name == "dreambooth_fusion" and cfg.dreambooth.mode == "lora"
+    assert compose(["preset=smoke", "method=latent_nerf"]).method.name == "latent_nerf"
     # a command-line key wins over the preset
     assert compose(["preset=smoke", "dreambooth.full_steps=7"]).dreambooth.full_steps == 7
 
@@ -36,6 +37,9 @@ def test_smoke_preset_and_groups():
     (["backbone=sd", "backbone.model="], "backbone.model"),
     (["dreambooth.mode=lora", "dreambooth.train_text_encoder=true"], "dreambooth.train_text_encoder"),
     (["dreambooth.identifier=two words"], "dreambooth.identifier"),
+    (["backbone=tiny-if", "method=latent_nerf"], "latent space"),
+    (["nerf.distance_range=[2,1]"], "nerf.distance_range"),
+    (["nerf.encoding=cuda"], "nerf.encoding"),
 ])
 def test_invalid_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:
