@@ -75,3 +75,44 @@ class DreamBoothCheckpoint:
     key: str
     backbone_key: str
     text_encoder: bool = False
+
+
+@dataclass(frozen=True)
+class NerfCheckpoint:
+    """A fitted NeRF: `path/field.safetensors` (weights + FieldConfig in its metadata)."""
+
+    path: str
+    key: str
+    steps: int
+    latent: bool = False
+    """True for Latent-NeRF: the field renders the backbone's latent channels, not RGB."""
+
+    @property
+    def field_file(self) -> Path:
+        return Path(self.path) / "field.safetensors"
+
+
+@dataclass(frozen=True)
+class PseudoViews:
+    """Stage 2's output: `path/views/NN.png` (translated), `path/renders/NN.png` (NeRF_1 renders)
+    and `path/cameras.json` (the orbit: azimuth, elevation, distance, fov, resolution)."""
+
+    path: str
+    key: str
+    n_views: int
+    t_pseudo: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One subject x prompt x method: the final NeRF, its exports and per-stage wall times."""
+
+    out: str
+    method: str
+    subject: str
+    class_noun: str
+    prompt: str
+    final: NerfCheckpoint
+    exports: dict
+    seconds: dict
+    keys: dict

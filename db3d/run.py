@@ -1,14 +1,16 @@
-"""`db3d run`: one subject x prompt through the pipeline, resumable in its output folder.
+"""`db3d run`: one subject x prompt x method through every stage, resumable in its output folder.
 
-Today it runs the personalisation half of DreamBooth3D (D_partial and D_full from one DreamBooth
-run) and writes samples of the prompt from both; the NeRF stages plug in after step 4.
+    out/config.yaml         the resolved config (an earlier, different one is kept as config.N.yaml)
+    out/artifacts/          content-addressed stage outputs (DreamBooth, stage1, stage2, final, ...)
+    out/exports/            turntables (mp4, gif), mesh (glb, obj), NeRF (safetensors), image grids
+    out/summary.json        identity, per-stage wall times, artifact paths
+    out/summary.parquet     the same as one row (config as flat columns), like every sweep trial
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -16,9 +18,10 @@ import torch
 from .artifacts import atomic_write_json, atomic_write_text
 from .backbones import build_backbone
 from .config import RunConfig, to_yaml
-from .data import SYNTHETIC_CLASS_NOUN, Subject, check_prompt, load_subject_images, make_synthetic_subject, resolve_subject
-from .export import save_grid
-from .personalize import backbone_for, instance_prompt, personalize
+from .data import SYNTHETIC_CLASS_NOUN, Subject, check_prompt, make_synthetic_subject, resolve_subject
+from .personalize import instance_prompt
+from .results import result_row, write_rows
+from .stages import run_method
 
 
 def resolve_inputs(cfg: RunConfig) -> tuple[Subject, str]:
@@ -49,40 +52,24 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     # 1. inputs, validated before any model loads
     subject, prompt = resolve_inputs(cfg)
+    bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    times: dict[str, float] = {}
     torch.manual_seed(cfg.seed)
-
-    # 2. backbone and the subject's images at its resolution
-    t0 = time.perf_counter()
-    bb = build_backbone(cfg.backbone)
-    images, _masks = load_subject_images(subject, cfg.backbone.resolution)
-    times["load"] = time.perf_counter() - t0
-
-    # 3. DreamBooth: D_partial and D_full from one run (content-addressed under out/artifacts)
-    db = personalize(cfg, bb, subject, images, out / "artifacts")
-    times["dreambooth"] = db.seconds
-
-    # 4. samples of the prompt from each checkpoint
-    t0 = time.perf_counter()
-    uncond = bb.encode_prompts([""])
-    samples = {}
-    for name, ckpt in (("partial", db.partial), ("full", db.full)):
-        model = backbone_for(bb, ckpt)
-        cond = model.encode_prompts([prompt] * 4)
-        imgs = model.sample(cond, uncond.expand(4, -1, -1), 7.5, torch.Generator().manual_seed(cfg.seed),
-                            model.sample_steps)
-        samples[name] = str(save_grid(imgs, out / f"samples_{name}.png"))
-    times["samples"] = time.perf_counter() - t0
-
-    # 5. summary
-    summary = {
-        "subject": subject.name, "class_noun": subject.class_noun, "prompt": prompt,
-        "backbone": cfg.backbone.kind, "seed": cfg.seed, "seconds": times,
-        "dreambooth_partial": db.partial.path, "dreambooth_full": db.full.path, "samples": samples,
-        "python": platform.python_version(), "torch": torch.__version__,
-    }
+    # 2. every stage of the method, then the exports; a failure still leaves its row
+    try:
+        result = run_method(cfg, subject, prompt, out, bb=bb)
+    except Exception as err:
+        write_rows([result_row(cfg, subject.name, subject.class_noun, prompt, None, "failed",
+                               f"{type(err).__name__}: {err}")], out / "summary.parquet")
+        raise
+    # 3. summary as JSON and as one Parquet row
+    summary = {"subject": subject.name, "class_noun": subject.class_noun, "prompt": prompt,
+               "method": cfg.method.name, "backbone": cfg.backbone.kind, "seed": cfg.seed,
+               "seconds": result.seconds, "exports": {k: str(v) for k, v in result.exports.items()},
+               "final": asdict(result.final), "keys": result.keys}
     atomic_write_json(out / "summary.json", summary)
-    print(json.dumps({"out": str(out), "subject": subject.name, "prompt": prompt, "seconds": times}, indent=1))
+    write_rows([result_row(cfg, subject.name, subject.class_noun, prompt, result, "ok")], out / "summary.parquet")
+    print(json.dumps({"out": str(out), "method": cfg.method.name, "prompt": prompt,
+                      "seconds": {k: round(v, 2) for k, v in result.seconds.items()}}, indent=1))
     return summary

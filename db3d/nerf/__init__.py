@@ -1,4 +1,4 @@
-"""NeRF for score distillation: hash-grid field, shading, volume rendering inside a sphere, losses."""
+"""NeRF for score distillation: hash-grid field, shading, volume rendering in a sphere, losses."""
 
 from db3d.nerf.encoding import HashGridEncoding, hash_grid_layout, hash_grid_torch
 from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 HASH_PRIMES = (1, 2654435761, 805459861)  # Instant-NGP / tiny-cuda-nn's coherent prime hash
-_U32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ def hash_grid_layout(
     n_levels: int, log2_hashmap_size: int, base_resolution: int, per_level_scale: float
 ) -> HashGridLayout:
     """Level scales, resolutions and table offsets, following tiny-cuda-nn's ``GridEncoding``."""
+    if per_level_scale < 1.0:
+        raise ValueError(f"per_level_scale must be >= 1 (finer levels last), got {per_level_scale}")
     scales, resolutions, offsets, dense = [], [], [0], []
     for level in range(n_levels):
         scale = 2.0 ** (level * math.log2(per_level_scale)) * base_resolution - 1.0
@@ -117,18 +118,21 @@ def hash_grid_torch(
     if n_dense > 0:
         res = per_level(layout.resolutions[:n_dense], 2)
         c = cell[:n_dense]  # (Ld, 3, N)
-        t = [torch.stack([c[:, d], c[:, d] + 1], dim=1) * res**d for d in range(3)]  # (Ld, 2, N)
+        t = [torch.stack([c[:, d], c[:, d] + 1], dim=1) * res**d for d in range(3)]  # (Ld,2,N)
         block = idx[:n_dense]
-        torch.add(t[0][:, :, None, None] + t[1][:, None, :, None], t[2][:, None, None, :], out=block)
+        xy = t[0][:, :, None, None] + t[1][:, None, :, None]
+        torch.add(xy, t[2][:, None, None, :], out=block)
         size = per_level(rows[:n_dense], 4)
         block.sub_((block >= size) * size)
         block.add_(per_level(layout.offsets[:n_dense], 4))
     if n_dense < n_levels:
         mask = per_level([r - 1 for r in rows[n_dense:]], 2)
         c = cell[n_dense:]  # (Lh, 3, N)
-        t = [(torch.stack([c[:, d], c[:, d] + 1], dim=1) * HASH_PRIMES[d]) & mask for d in range(3)]
+        t = [(torch.stack([c[:, d], c[:, d] + 1], dim=1) * prime) & mask
+             for d, prime in enumerate(HASH_PRIMES)]
         block = idx[n_dense:]
-        torch.bitwise_xor(t[0][:, :, None, None] ^ t[1][:, None, :, None], t[2][:, None, None, :], out=block)
+        xy = t[0][:, :, None, None] ^ t[1][:, None, :, None]
+        torch.bitwise_xor(xy, t[2][:, None, None, :], out=block)
         block.add_(per_level(layout.offsets[n_dense:-1], 4))
 
     # 4. weighted sum of the 8 corner features, bags of 8 in (L, N) order
@@ -231,5 +235,5 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (N, 3) in [0, 1] -> (N, L * F)
         if self.tcnn_encoding is not None:
-            return self.tcnn_encoding(x.contiguous()).float()
+            return self.tcnn_encoding(x.clamp(0.0, 1.0).contiguous()).float()
         return hash_grid_torch(x, self.table, self.layout)

@@ -1,4 +1,4 @@
-"""The NeRF field: hash grid -> small MLP -> density (with a blob bias) and albedo; normals; background.
+"""NeRF field: hash grid -> small MLP -> density (blob-biased) and albedo; normals; background.
 
 Positions live in world space; the field covers the bounding sphere of radius
 ``FieldConfig.bound_radius`` centred at the origin and has zero density outside it. Normals are
@@ -47,15 +47,22 @@ class FieldConfig:
     # density bias lambda_tau = 5 at initialisation, stable-dreamfusion's blob_density is 5-10
     density_blob_std: float = 0.5
     # std (world units) of that Gaussian (stable-dreamfusion's blob_radius: 0.2-0.5)
+    color_channels: int = 3
+    # channels of the colour output: 3 for RGB albedo; 4 for Latent-NeRF, whose field renders
+    # Stable Diffusion latents directly
+    color_activation: Literal["sigmoid", "identity"] | None = None
+    # colour activation; None: sigmoid for 3 channels (albedo in [0, 1]), identity otherwise
+    # (unbounded latents)
     normals: Literal["finite_difference", "autograd"] = "finite_difference"
     # how normals are computed: central differences of density (6 extra density calls) or autograd
     normal_fd_eps: float = 1e-2
     # finite-difference step in world units (stable-dreamfusion: 1e-2)
     background: Literal["mlp", "random_solid", "fixed"] = "mlp"
-    # "mlp": learned colour from the view direction (DreamFusion); "random_solid": one random
-    # colour per call while training, background_color in eval; "fixed": background_color
-    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # colour of the "fixed" background and of "random_solid" in eval mode
+    # "mlp": learned colour from the view direction (DreamFusion); "random_solid": a random
+    # colour while training (render_image: one per image), background_color in eval; "fixed":
+    # background_color
+    background_color: tuple[float, ...] = (1.0, 1.0, 1.0)
+    # colour of the "fixed" background and of "random_solid" in eval mode (color_channels long)
     background_hidden_dim: int = 32
     # width of the background MLP (one hidden layer)
     background_n_frequencies: int = 4
@@ -67,7 +74,7 @@ class FieldOutputs:
     """What the field returns for N points."""
 
     density: Tensor  # (N,) non-negative volume density, 0 outside the bounding sphere
-    albedo: Tensor  # (N, 3) in [0, 1]
+    albedo: Tensor  # (N, C) colour channels, C = color_channels (RGB albedo in [0, 1])
     normal: Tensor | None  # (N, 3) unit normals (pointing out of the surface), if requested
 
 
@@ -106,14 +113,22 @@ class NeRFField(nn.Module):
             implementation=cfg.encoding_implementation,
             device=device,
         )
-        self.mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, cfg.n_hidden_layers, 4)
+        n_col = cfg.color_channels
+        self.mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, cfg.n_hidden_layers, 1 + n_col)
         if cfg.background == "mlp":
             n_in = 3 * (1 + 2 * cfg.background_n_frequencies)
-            self.background_mlp = _mlp(n_in, cfg.background_hidden_dim, 1, 3)
+            self.background_mlp = _mlp(n_in, cfg.background_hidden_dim, 1, n_col)
         elif cfg.background not in ("random_solid", "fixed"):
             raise ValueError(f"unknown background {cfg.background!r}")
         if cfg.normals not in ("finite_difference", "autograd"):
             raise ValueError(f"unknown normals {cfg.normals!r}")
+        if len(cfg.background_color) != n_col:
+            raise ValueError(f"background_color has {len(cfg.background_color)} channels, "
+                             f"color_channels is {n_col}")
+        activation = cfg.color_activation or ("sigmoid" if n_col == 3 else "identity")
+        if activation not in ("sigmoid", "identity"):
+            raise ValueError(f"unknown color_activation {activation!r}")
+        self.color_activation = activation
         self.register_buffer(
             "background_color", torch.tensor(cfg.background_color, dtype=torch.float32)
         )
@@ -122,12 +137,13 @@ class NeRFField(nn.Module):
 
     # ---- density and albedo -------------------------------------------------------------------
 
-    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (N, 3) -> (N,), (N, 3)
-        """Density (activated, zero outside the sphere) and pre-sigmoid albedo."""
-        r = self.config.bound_radius
-        h = self.mlp(self.encoding((x / r + 1.0) * 0.5))  # (N, 4); the cube [-r, r]^3 -> [0, 1]^3
-        pre = h[:, 0] + density_blob(x, self.config.density_blob_scale, self.config.density_blob_std)
-        if self.config.density_activation == "exp":
+    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (N, 3) -> (N,), (N, C)
+        """Density (activated, zero outside the sphere) and colour before its activation."""
+        cfg = self.config
+        r = cfg.bound_radius
+        h = self.mlp(self.encoding((x / r + 1.0) * 0.5))  # (N, 1+C); cube [-r, r]^3 -> [0, 1]^3
+        pre = h[:, 0] + density_blob(x, cfg.density_blob_scale, cfg.density_blob_std)
+        if cfg.density_activation == "exp":
             density = torch.exp(pre.clamp(max=15.0))  # truncated exp: no overflow
         else:
             density = nn.functional.softplus(pre)
@@ -155,19 +171,23 @@ class NeRFField(nn.Module):
         return -nn.functional.normalize(grad, dim=-1, eps=1e-8)
 
     def forward(self, x: Tensor, compute_normals: bool = False) -> FieldOutputs:  # x: (N, 3)
-        density, albedo_raw = self._raw(x)
+        density, colour = self._raw(x)
+        if self.color_activation == "sigmoid":
+            colour = torch.sigmoid(colour)
         normal = self.normals(x) if compute_normals else None
-        return FieldOutputs(density=density, albedo=torch.sigmoid(albedo_raw), normal=normal)
+        return FieldOutputs(density=density, albedo=colour, normal=normal)
 
     # ---- background ---------------------------------------------------------------------------
 
-    def background(self, directions: Tensor) -> Tensor:  # (R, 3) unit view directions -> (R, 3)
+    def background(self, directions: Tensor) -> Tensor:  # (R, 3) unit view directions -> (R, C)
         """Background colour seen along each ray (see ``FieldConfig.background``)."""
-        kind = self.config.background
+        kind, n_col = self.config.background, self.config.color_channels
+        n_rays = directions.shape[0]
         if kind == "mlp":
             enc = frequency_encoding(directions, self.config.background_n_frequencies)
-            return torch.sigmoid(self.background_mlp(enc))
+            out = self.background_mlp(enc)
+            return torch.sigmoid(out) if self.color_activation == "sigmoid" else out
         if kind == "random_solid" and self.training:
-            colour = torch.rand(3, device=directions.device, dtype=directions.dtype)
-            return colour.expand(directions.shape[0], 3)
-        return self.background_color.to(directions.dtype).expand(directions.shape[0], 3)
+            colour = torch.rand(n_col, device=directions.device, dtype=directions.dtype)
+            return colour.expand(n_rays, n_col)
+        return self.background_color.to(directions.dtype).expand(n_rays, n_col)

@@ -26,7 +26,7 @@ from db3d.nerf.shading import ShadingMode, needs_normals, shade
 class RayRender:
     """Renders of R rays, with the per-sample quantities that regularisers need."""
 
-    rgb: Tensor  # (R, 3) composited over the background
+    rgb: Tensor  # (R, C) composited over the background (C = 3, or the field's color_channels)
     opacity: Tensor  # (R, 1) sum of weights
     depth: Tensor  # (R, 1) expected distance sum_i w_i t_i (0 where empty)
     normal: Tensor | None  # (R, 3) weight-averaged normals (unnormalised), if computed
@@ -43,7 +43,7 @@ class RayRender:
 class ImageRender:
     """Images of B cameras; per-sample tensors are flattened over B*H*W rays when kept."""
 
-    rgb: Tensor  # (B, H, W, 3)
+    rgb: Tensor  # (B, H, W, C)
     opacity: Tensor  # (B, H, W, 1)
     depth: Tensor  # (B, H, W, 1)
     normal: Tensor | None  # (B, H, W, 3)
@@ -113,7 +113,7 @@ def render_rays(
     light_pos: Tensor | None = None,  # (R, 3) or (3,), needed unless shading == "albedo"
     ambient: float = 0.1,
     diffuse: float = 0.9,
-    background: Tensor | None = None,  # (R, 3) or (3,); None asks field.background(directions)
+    background: Tensor | None = None,  # (R, C) or (C,); None asks field.background(directions)
     compute_normals: bool = False,
     radius: float | None = None,
     generator: torch.Generator | None = None,
@@ -124,6 +124,7 @@ def render_rays(
     ``radius`` defaults to ``field.config.bound_radius``.
     """
     n_rays, device, dtype = origins.shape[0], origins.device, origins.dtype
+    n_col = getattr(field.config, "color_channels", 3)
     want_normals = compute_normals or needs_normals(shading)
     if radius is None:
         radius = field.config.bound_radius
@@ -134,14 +135,16 @@ def render_rays(
 
     # 2. query the field on the rays that meet the sphere
     density = torch.zeros(n_rays, n_samples, device=device, dtype=dtype)
-    colour = torch.zeros(n_rays, n_samples, 3, device=device, dtype=dtype)
-    sample_normals = torch.zeros_like(colour) if want_normals else None
+    colour = torch.zeros(n_rays, n_samples, n_col, device=device, dtype=dtype)
+    sample_normals = None
+    if want_normals:
+        sample_normals = torch.zeros(n_rays, n_samples, 3, device=device, dtype=dtype)
     hit_idx = torch.nonzero(hit).squeeze(-1)
     if hit_idx.numel() > 0:
         o, d, th = origins[hit_idx], directions[hit_idx], t[hit_idx]
         points = o[:, None, :] + th[..., None] * d[:, None, :]  # (Rh, S, 3)
         out = field(points.reshape(-1, 3), compute_normals=want_normals)
-        albedo = out.albedo.reshape(-1, n_samples, 3)
+        albedo = out.albedo.reshape(-1, n_samples, n_col)
         normal = out.normal.reshape(-1, n_samples, 3) if want_normals else None
         lp = None
         if light_pos is not None:
@@ -155,14 +158,14 @@ def render_rays(
     # 3. alpha compositing
     weights = composite_weights(density, ends - starts)  # (R, S)
     opacity = weights.sum(-1, keepdim=True)  # (R, 1)
-    rgb = (weights[..., None] * colour).sum(1)  # (R, 3)
+    rgb = (weights[..., None] * colour).sum(1)  # (R, C)
     depth = (weights * t).sum(-1, keepdim=True)
     normal_img = (weights[..., None] * sample_normals).sum(1) if want_normals else None
 
     # 4. background behind the remaining transmittance
     if background is None:
         background = field.background(directions)
-    rgb = rgb + (1.0 - opacity) * background.to(dtype).expand(n_rays, 3)
+    rgb = rgb + (1.0 - opacity) * background.to(dtype).expand(n_rays, n_col)
     return RayRender(
         rgb=rgb,
         opacity=opacity,
@@ -194,7 +197,7 @@ def render_image(
     shading: ShadingMode = "albedo",
     ambient: float = 0.1,
     diffuse: float = 0.9,
-    background: Tensor | None = None,  # (3,) or (B, 3): one colour per image
+    background: Tensor | None = None,  # (C,) or (B, C): one colour per image
     compute_normals: bool = False,
     chunk: int = 16384,
     keep_samples: bool = True,
@@ -202,16 +205,22 @@ def render_image(
 ) -> ImageRender:
     """Render every pixel of every camera, ``chunk`` rays at a time (lights: ``cams.light_pos``).
 
-    ``keep_samples=False`` drops the per-sample tensors (for exports and evaluation).
+    ``background`` overrides the field's background model; a "random_solid" field in training
+    mode gets one random colour per image. ``keep_samples=False`` drops the per-sample tensors
+    (for exports and evaluation).
     """
     n_cams, h, w = len(cams), cams.height, cams.width
+    n_col = getattr(field.config, "color_channels", 3)
     origins, directions = generate_rays(cams)  # (B, H, W, 3) each
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
     light = cams.light_pos[:, None, :].expand(n_cams, h * w, 3).reshape(-1, 3)
     bg = None
+    cfg_background = getattr(field.config, "background", None)
+    if background is None and cfg_background == "random_solid" and field.training:
+        background = torch.rand(n_cams, n_col, generator=generator)  # one colour per image
     if background is not None:
-        bg = background.to(origins).reshape(-1, 3).expand(n_cams, 3)
-        bg = bg[:, None, :].expand(n_cams, h * w, 3).reshape(-1, 3)
+        bg = background.to(origins).reshape(-1, n_col).expand(n_cams, n_col)
+        bg = bg[:, None, :].expand(n_cams, h * w, n_col).reshape(-1, n_col)
     parts = []
     for i in range(0, origins.shape[0], chunk):
         sl = slice(i, i + chunk)
@@ -234,7 +243,7 @@ def render_image(
         parts.append(part)
     rays = _cat_renders(parts)
     return ImageRender(
-        rgb=rays.rgb.reshape(n_cams, h, w, 3),
+        rgb=rays.rgb.reshape(n_cams, h, w, n_col),
         opacity=rays.opacity.reshape(n_cams, h, w, 1),
         depth=rays.depth.reshape(n_cams, h, w, 1),
         normal=None if rays.normal is None else rays.normal.reshape(n_cams, h, w, 3),

@@ -1,0 +1,182 @@
+"""The one NeRF loop: SDS term + optional reconstruction term on known cameras + regularisers.
+
+    L = lambda_SDS * SDS(render(P_random); D, prompt)  +  lambda_recon * ||render(P_v) - I_v||_p
+        + lambda_nerf * (l_orient * orientation + l_opacity * entropy + l_dist * distortion)
+
+Every NeRF stage calls `fit_nerf`: stage 1 (SDS from D_partial), the final NeRF of stage 3 (SDS from
+D_multi + reconstruction on pseudo views), the baselines (SDS only; Latent-NeRF renders latents),
+and the reconstruction-only check of the renderer. Resumable (a state file every
+`checkpoint_every` steps), deterministic under a seed (all randomness from one CPU generator).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .artifacts import NerfCheckpoint, mark_done, read_done
+from .backbones import Backbone
+from .cameras import CameraBatch, sample_random_cameras, view_direction_suffix, view_prompt
+from .config import NeRFConfig
+from .export import load_field, save_field
+from .nerf import FieldConfig, LinearSchedule, NeRFField, ShadingConfig, render_image, sample_shading_mode
+from .nerf import distortion_loss, opacity_entropy_loss, orientation_loss, reconstruction_loss
+from .sds import sds_loss, to_model_space
+
+STATE_FILE = "fit_state.pt"
+
+
+@dataclass
+class SDSTerm:
+    """Score distillation from `backbone` (already carrying its DreamBooth weights)."""
+
+    backbone: Backbone
+    prompt: str
+    guidance_scale: float
+    t_min: float
+    t_max: float
+    t_max_end: float = -1.0
+    weight: float = 1.0
+    grad_clip: float = 0.0
+    view_dependent: bool = True
+
+
+@dataclass
+class ReconTerm:
+    """Reconstruction of known images at known cameras (stage 3's pseudo views)."""
+
+    images: Tensor  # (V, 3, H, W) in [0, 1]
+    cameras: CameraBatch  # V cameras, H x W
+    weight: float = 1.0
+    p: int = 1
+    views_per_step: int = 1
+
+
+def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
+    """The NeRF architecture from the run config (latent_channels > 0: a Latent-NeRF field)."""
+    kwargs = dict(n_levels=nerf.n_levels, log2_hashmap_size=nerf.log2_hashmap_size, hidden_dim=nerf.hidden_dim,
+                  encoding_implementation=nerf.encoding)
+    if latent_channels:
+        kwargs["color_channels"] = latent_channels
+        kwargs["background"] = "fixed"
+        kwargs["background_color"] = tuple([0.0] * latent_channels)
+    return FieldConfig(**kwargs)
+
+
+def fit_nerf(
+    out_dir: Path,
+    key: str,
+    nerf: NeRFConfig,
+    resolution: int,
+    steps: int,
+    seed: int,
+    device: torch.device,
+    sds: SDSTerm | None = None,
+    recon: ReconTerm | None = None,
+    lambda_nerf: float = 1.0,
+    latent_channels: int = 0,
+    init: NerfCheckpoint | None = None,
+    desc: str = "NeRF",
+) -> NerfCheckpoint:
+    """Optimise a NeRF; return its checkpoint (written under out_dir, which resumes a rerun)."""
+    out_dir = Path(out_dir)
+    done = read_done(out_dir, NerfCheckpoint)
+    if done is not None:
+        return done  # 0. already fitted
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if sds is None and recon is None:
+        raise ValueError("fit_nerf needs an SDS term, a reconstruction term, or both")
+
+    # 1. the field (from scratch, or from an earlier NeRF's weights) and its optimiser
+    torch.manual_seed(seed)
+    if init is not None:
+        field = load_field(init.field_file, device)
+    else:
+        field = NeRFField(field_config(nerf, latent_channels), device=device)
+    field.train()
+    optimizer = torch.optim.Adam(field.parameters(), lr=nerf.learning_rate, betas=(0.9, 0.99), eps=1e-15)
+    gen = torch.Generator().manual_seed(seed)
+    shading_cfg = ShadingConfig(p_albedo=nerf.p_albedo, p_textureless=nerf.p_textureless, p_lambertian=nerf.p_lambertian)
+    t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds and sds.t_max_end > 0 else sds.t_max, steps) if sds else None
+    uncond = sds.backbone.encode_prompts([""]) if sds else None
+
+    # 2. resume from the last state, if one was written
+    step = 0
+    state_path = out_dir / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        field.load_state_dict(state["field"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"])
+        step = state["step"]
+
+    bar = tqdm(total=steps, initial=step, desc=desc, leave=False)
+    while step < steps:
+        losses: dict[str, Tensor] = {}
+        # 3. SDS on random views: render, to model space, distil
+        if sds is not None:
+            cams = sample_random_cameras(nerf.batch_views, resolution, tuple(nerf.elevation_range),
+                                         tuple(nerf.distance_range), tuple(nerf.fov_range), gen, device=device)
+            mode = "albedo" if latent_channels else sample_shading_mode(shading_cfg, gen)
+            out = render_image(field, cams, n_samples=nerf.n_samples, jitter=True, shading=mode, generator=gen)
+            image = out.rgb.permute(0, 3, 1, 2)  # (B, C, H, W)
+            prompts = [sds.prompt] * len(cams)
+            if sds.view_dependent:
+                suffixes = view_direction_suffix(cams.azimuth_deg.cpu(), cams.elevation_deg.cpu())
+                prompts = [view_prompt(sds.prompt, s) for s in suffixes]
+            cond = sds.backbone.encode_prompts(prompts)
+            if latent_channels:  # Latent-NeRF: the render is already in model space
+                x = image
+            else:
+                x = to_model_space(sds.backbone, image)
+            loss, info = sds_loss(sds.backbone, x, cond, uncond, sds.guidance_scale, (sds.t_min, t_max(step)), gen,
+                                  sds.grad_clip)
+            losses["sds"] = sds.weight * loss
+            # 4. NeRF regularisers on the same render (lambda_nerf * L_nerf)
+            rays = out.rays
+            if nerf.lambda_orientation > 0 and rays.sample_normals is not None:
+                losses["orientation"] = lambda_nerf * nerf.lambda_orientation * orientation_loss(
+                    rays.weights, rays.sample_normals, rays.directions)
+            if nerf.lambda_opacity > 0:
+                losses["opacity"] = lambda_nerf * nerf.lambda_opacity * opacity_entropy_loss(out.opacity)
+            if nerf.lambda_distortion > 0:
+                losses["distortion"] = lambda_nerf * nerf.lambda_distortion * distortion_loss(
+                    rays.weights, rays.t_starts, rays.t_ends)
+        # 5. reconstruction of known views at their cameras
+        if recon is not None:
+            idx = torch.randperm(len(recon.cameras), generator=gen)[: recon.views_per_step]
+            cams_v = recon.cameras[idx].to(device)
+            out_v = render_image(field, cams_v, n_samples=nerf.n_samples, jitter=True, shading="albedo", generator=gen)
+            target = recon.images[idx].to(device).permute(0, 2, 3, 1)
+            losses["recon"] = recon.weight * reconstruction_loss(out_v.rgb, target, p=recon.p)
+        # 6. update
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
+        if step < steps and nerf.checkpoint_every and step % nerf.checkpoint_every == 0:
+            _save_state(state_path, step, field, optimizer, gen)
+    bar.close()
+
+    # 7. the fitted field, then the marker that says so
+    save_field(field, out_dir / "field.safetensors")
+    state_path.unlink(missing_ok=True)
+    ckpt = NerfCheckpoint(path=str(out_dir), key=key, steps=steps, latent=bool(latent_channels))
+    mark_done(out_dir, ckpt)
+    return ckpt
+
+
+def _save_state(path: Path, step: int, field, optimizer, gen: torch.Generator) -> None:
+    state = {"step": step, "field": field.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+

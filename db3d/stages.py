@@ -1,0 +1,183 @@
+"""DreamBooth3D's stages and its baselines, as functions over artifacts (Raj et al., ICCV 2023, Fig. 2).
+
+    DreamBooth on {I_i}:     D_partial (150 steps), D_full (800 steps)            personalize.py
+    stage 1:  NeRF_1     = SDS(D_partial, T) + L_nerf                             stage1()
+    stage 2:  I^pseudo_v = img2img_{D_full}(render(NeRF_1, P_v), t_pseudo)       stage2()
+    stage 3:  D_multi    = D_partial + 150 steps on {I^pseudo_v} U {I_i}          stage3()
+              NeRF_final = l_SDS SDS(D_multi, T) + l_recon ||render(P_v) - I^pseudo_v||_p + l_nerf L_nerf
+    baselines: dreambooth_fusion = SDS(D_full, T) + L_nerf;  latent_nerf = the same in latent space
+
+Every artifact is content-addressed under `store/<stage>/<key>/`: the key hashes the input
+artifacts' keys and the config fields that the stage reads, so a rerun or a sweep point that
+changes only lambda_recon recomputes stage 3's final NeRF alone, and one that changes t_pseudo
+recomputes stages 2 and 3.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunResult, content_key
+from .backbones import Backbone
+from .config import RunConfig
+from .data import Subject
+from .dreambooth import class_images, run_key, train_dreambooth
+from .fit import ReconTerm, SDSTerm, fit_nerf
+from .personalize import Personalized, backbone_for, class_prompt, default_cache_dir, instance_prompt, personalize
+from .pseudo_views import load_pseudo_views, make_pseudo_views
+
+
+@dataclass
+class Context:
+    """What every stage of one run shares."""
+
+    cfg: RunConfig
+    bb: Backbone  # the base backbone (DreamBooth checkpoints are applied per stage)
+    subject: Subject
+    images: torch.Tensor  # (N, 3, R, R) subject photos in [0, 1] at the backbone's resolution
+    prompt: str
+    store: Path  # artifact root
+    seconds: dict = field(default_factory=dict)  # stage -> wall time of this run
+    keys: dict = field(default_factory=dict)  # stage -> artifact key
+
+
+def _timed(ctx: Context, name: str, fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    ctx.seconds[name] = ctx.seconds.get(name, 0.0) + time.perf_counter() - start
+    ctx.keys[name] = getattr(result, "key", None)
+    return result
+
+
+def _sds_term(ctx: Context, bb: Backbone) -> SDSTerm:
+    s = ctx.cfg.sds
+    return SDSTerm(backbone=bb, prompt=ctx.prompt, guidance_scale=s.guidance_scale, t_min=s.t_min, t_max=s.t_max,
+                   t_max_end=s.t_max_end, grad_clip=s.grad_clip, weight=ctx.cfg.method.lambda_sds,
+                   view_dependent=ctx.cfg.nerf.view_dependent_prompts)
+
+
+def _nerf_fields(cfg: RunConfig) -> dict:
+    return {"nerf": asdict(cfg.nerf), "sds": asdict(cfg.sds), "render": cfg.render.resolution, "seed": cfg.seed}
+
+
+def _sds_nerf(ctx: Context, stage: str, ckpt: DreamBoothCheckpoint, lambda_sds: float = 1.0,
+              latent: bool = False) -> NerfCheckpoint:
+    """A NeRF fitted by SDS alone from `ckpt` (stage 1 and the baselines)."""
+    cfg = ctx.cfg
+    key = content_key(stage, ckpt.key, ctx.prompt, _nerf_fields(cfg), lambda_sds, cfg.method.lambda_nerf)
+    bb = backbone_for(ctx.bb, ckpt)
+    term = _sds_term(ctx, bb)
+    term.weight = lambda_sds
+    channels = bb.model_channels if latent else 0
+    res = bb.model_resolution if latent else cfg.render.resolution
+    return fit_nerf(ctx.store / stage / key, key, cfg.nerf, res, cfg.nerf.steps, cfg.seed, bb.device, sds=term,
+                    lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage)
+
+
+# ---------------------------------------------------------------------------------------------
+def stage1(ctx: Context, d_partial: DreamBoothCheckpoint) -> NerfCheckpoint:
+    """NeRF_1 = SDS(D_partial, T) + L_nerf: 3D-consistent, subject-ish."""
+    return _sds_nerf(ctx, "stage1", d_partial)
+
+
+def stage2(ctx: Context, nerf1: NerfCheckpoint, d_full: DreamBoothCheckpoint) -> PseudoViews:
+    """Render N orbit views of NeRF_1, noise them to t_pseudo, denoise with D_full."""
+    cfg = ctx.cfg
+    key = content_key("stage2", nerf1.key, d_full.key, ctx.prompt, asdict(cfg.pseudo), cfg.nerf.orbit_elevation,
+                      cfg.nerf.orbit_distance, cfg.nerf.orbit_fov, cfg.render.resolution, cfg.seed)
+    bb = backbone_for(ctx.bb, d_full)
+    return make_pseudo_views(nerf1, bb, ctx.prompt, cfg.pseudo, cfg.nerf, cfg.render.resolution,
+                             ctx.store / "stage2" / key, key, cfg.seed, bb.device, cfg.nerf.view_dependent_prompts)
+
+
+def multiview_dreambooth(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews) -> DreamBoothCheckpoint:
+    """D_multi: D_partial fine-tuned further on I_aug = {I_v^pseudo} U {I_i}."""
+    cfg, db = ctx.cfg, ctx.cfg.dreambooth
+    if db.multiview_steps == 0:
+        return d_partial
+    views, _ = load_pseudo_views(pseudo, ctx.bb.resolution)
+    augmented = torch.cat([views, ctx.images])
+    cls_imgs, cls_key = None, None
+    if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
+        cls_imgs = class_images(ctx.bb, class_prompt(ctx.subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
+        cls_key = content_key(ctx.bb.key, class_prompt(ctx.subject), db.num_class_images, cfg.seed, ctx.bb.sample_steps)
+    init = None if d_partial.mode == "base" else d_partial
+    key = run_key(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject), class_prompt(ctx.subject), cls_key,
+                  cfg.seed, init)
+    ckpts = train_dreambooth(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject), ctx.store / "dreambooth" / key,
+                             [db.multiview_steps], cfg.seed, key, cls_imgs, class_prompt(ctx.subject), init=init)
+    return ckpts[db.multiview_steps]
+
+
+def final_nerf(ctx: Context, d_multi: DreamBoothCheckpoint, pseudo: PseudoViews,
+               nerf1: NerfCheckpoint) -> NerfCheckpoint:
+    """NeRF_final = l_SDS SDS(D_multi) + l_recon ||render(P_v) - I_v^pseudo||_p + l_nerf L_nerf."""
+    cfg, m = ctx.cfg, ctx.cfg.method
+    init = nerf1 if m.final_init == "stage1" else None
+    key = content_key("final", d_multi.key, pseudo.key, ctx.prompt, _nerf_fields(cfg), asdict(m),
+                      init.key if init else None)
+    bb = backbone_for(ctx.bb, d_multi)
+    views, cams = load_pseudo_views(pseudo, cfg.render.resolution)
+    recon = ReconTerm(views, cams, weight=m.lambda_recon, p=m.recon_norm_p, views_per_step=m.recon_views_per_step)
+    sds = _sds_term(ctx, bb) if m.lambda_sds > 0 else None
+    return fit_nerf(ctx.store / "final" / key, key, cfg.nerf, cfg.render.resolution, cfg.nerf.steps, cfg.seed,
+                    bb.device, sds=sds, recon=recon, lambda_nerf=m.lambda_nerf, init=init, desc="final NeRF")
+
+
+def stage3(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews,
+           nerf1: NerfCheckpoint) -> NerfCheckpoint:
+    d_multi = _timed(ctx, "stage3_dreambooth", multiview_dreambooth, ctx, d_partial, pseudo)
+    return _timed(ctx, "stage3_nerf", final_nerf, ctx, d_multi, pseudo, nerf1)
+
+
+# ---------------------------------------------------------------------------------------------
+def dreambooth_fusion(ctx: Context, d_full: DreamBoothCheckpoint) -> NerfCheckpoint:
+    """Baseline: SDS from the fully trained DreamBooth, one stage."""
+    return _sds_nerf(ctx, "dreambooth_fusion", d_full)
+
+
+def latent_nerf(ctx: Context, d_full: DreamBoothCheckpoint) -> NerfCheckpoint:
+    """Baseline: the NeRF renders latents; SDS in the latent space of D_full."""
+    if ctx.bb.space != "latent":
+        raise ValueError(f"latent_nerf needs a latent backbone; backbone {ctx.bb.kind} works in pixel space")
+    return _sds_nerf(ctx, "latent_nerf", d_full, latent=True)
+
+
+def run_stages(ctx: Context) -> NerfCheckpoint:
+    """The method named by cfg.method.name, from DreamBooth to the final NeRF (Fig. 2)."""
+    method = ctx.cfg.method.name
+    db: Personalized = _timed(ctx, "dreambooth", personalize, ctx.cfg, ctx.bb, ctx.subject, ctx.images, ctx.store)
+    ctx.keys["dreambooth"] = db.full.key
+    if method == "dreambooth3d":
+        nerf1 = _timed(ctx, "stage1", stage1, ctx, db.partial)
+        pseudo = _timed(ctx, "stage2", stage2, ctx, nerf1, db.full)
+        return stage3(ctx, db.partial, pseudo, nerf1)
+    if method == "dreambooth_fusion":
+        return _timed(ctx, "nerf", dreambooth_fusion, ctx, db.full)
+    if method == "latent_nerf":
+        return _timed(ctx, "nerf", latent_nerf, ctx, db.full)
+    raise ValueError(f"method.name={method!r}: must be dreambooth3d, dreambooth_fusion or latent_nerf")
+
+
+# ---------------------------------------------------------------------------------------------
+def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None) -> RunResult:
+    """One subject x prompt x method: every stage (resuming what is done), then the exports."""
+    from .backbones import build_backbone
+    from .data import load_subject_images
+    from .exports_run import export_result
+
+    out = Path(out)
+    start = time.perf_counter()
+    bb = bb if bb is not None else build_backbone(cfg.backbone)
+    images, _ = load_subject_images(subject, cfg.backbone.resolution)
+    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt, store=out / "artifacts")
+    ctx.seconds["load"] = time.perf_counter() - start
+    final = run_stages(ctx)
+    exports = _timed(ctx, "export", export_result, ctx, final, out / "exports")
+    ctx.keys.pop("export", None)
+    return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,
+                     prompt=prompt, final=final, exports=exports, seconds=dict(ctx.seconds), keys=dict(ctx.keys))
