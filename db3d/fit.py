@@ -145,8 +145,9 @@ def fit_nerf(
             if nerf.lambda_opacity > 0:
                 losses["opacity"] = lambda_nerf * nerf.lambda_opacity * opacity_entropy_loss(out.opacity)
             if nerf.lambda_distortion > 0:
+                span = (rays.far - rays.near).clamp_min(1e-6)  # normalised ray coordinate (mip-NeRF 360)
                 losses["distortion"] = lambda_nerf * nerf.lambda_distortion * distortion_loss(
-                    rays.weights, rays.t_starts, rays.t_ends)
+                    rays.weights, (rays.t_starts - rays.near) / span, (rays.t_ends - rays.near) / span)
         # 5. reconstruction of known views at their cameras
         if recon is not None:
             idx = torch.randperm(len(recon.cameras), generator=gen)[: recon.views_per_step]

@@ -68,14 +68,16 @@ def test_run_smoke_on_a_generated_subject_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "preset=smoke", f"out={out}", f"cache_dir={tmp_path / 'cache'}"]
     assert cli.main(args) == 0
-    for name in ("config.yaml", "summary.json", "samples_partial.png", "samples_full.png"):
+    for name in ("config.yaml", "summary.json", "summary.parquet"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prompt"] == "a sks toy" and summary["class_noun"] == "toy"
-    assert Path(summary["dreambooth_full"]).name == "step-000004"
-    done = Path(summary["dreambooth_full"]) / "done.json"
+    for name in ("turntable_rgb.mp4", "turntable_textureless.gif", "mesh.glb", "mesh.obj", "nerf.safetensors",
+                 "final_views.png", "pseudo_views.png"):
+        assert Path(summary["exports"][name]).exists(), name
+    done = Path(summary["final"]["path"]) / "done.json"
     stamp = done.stat().st_mtime_ns
-    # rerun with the same out: DreamBooth is found by key, not trained again
+    # rerun with the same out: every stage is found by key, nothing is trained again
     assert cli.main(args) == 0
     assert done.stat().st_mtime_ns == stamp
     # the saved config is the resolved one

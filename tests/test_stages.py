@@ -1,0 +1,152 @@
+"""The method end to end: three methods, stage 2 from t_pseudo, stage reuse, resume, Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from db3d import fit as fit_module
+from db3d.backbones import Backbone
+from db3d.config import compose
+from db3d.data import resolve_subject
+from db3d.fit import ReconTerm, fit_nerf
+from db3d.pseudo_views import t_pseudo_step
+from db3d.run import run
+from db3d.stages import run_method
+from db3d.synthetic import make_synthetic_subject
+
+EXPORTS = ("turntable_rgb.mp4", "turntable_rgb.gif", "turntable_textureless.mp4", "turntable_textureless.gif",
+           "mesh.glb", "mesh.obj", "nerf.safetensors", "final_views.png")
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    folder = make_synthetic_subject(tmp_path_factory.mktemp("subject") / "toy", n_images=3, seed=1)
+    return resolve_subject(str(folder), class_noun="toy")
+
+
+def _cfg(tmp_path, *extra):
+    return compose(["preset=smoke", f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'out'}", *extra])
+
+
+def _artifact_dirs(out: Path) -> set[str]:
+    """stage/key folders holding finished work (a done.json, or a DreamBooth checkpoint's)."""
+    root = out / "artifacts"
+    return {"/".join(p.relative_to(root).parts[:2]) for p in root.glob("*/*/**/done.json")}
+
+
+@pytest.mark.parametrize("method, backbone", [("dreambooth3d", "tiny-sd"), ("dreambooth_fusion", "tiny-if"),
+                                              ("latent_nerf", "tiny-sd")])
+def test_each_method_end_to_end(method, backbone, subject, tmp_path):
+    cfg = _cfg(tmp_path, f"method={method}", f"backbone={backbone}")
+    result = run_method(cfg, subject, "a sks toy on a table", tmp_path / "out")
+    for name in EXPORTS:
+        assert Path(result.exports[name]).stat().st_size > 0, name
+    assert result.final.latent == (method == "latent_nerf")
+    stages = {"dreambooth3d": {"dreambooth", "stage1", "stage2", "stage3_dreambooth", "stage3_nerf"},
+              "dreambooth_fusion": {"dreambooth", "nerf"}, "latent_nerf": {"dreambooth", "nerf"}}[method]
+    assert stages <= set(result.seconds)
+    if method == "dreambooth3d":
+        assert Path(result.exports["pseudo_views.png"]).exists()
+
+
+def test_stage2_starts_from_t_pseudo_on_the_stage1_renders(subject, tmp_path, monkeypatch):
+    seen = []
+    real = Backbone.img2img
+
+    def spy(self, images, cond, uncond, t_start, *args, **kwargs):
+        seen.append((t_start, images.shape))
+        return real(self, images, cond, uncond, t_start, *args, **kwargs)
+
+    monkeypatch.setattr(Backbone, "img2img", spy)
+    cfg = _cfg(tmp_path, "pseudo.t_pseudo=0.37", "pseudo.n_views=3")
+    run_method(cfg, subject, "a sks toy", tmp_path / "out")
+    assert [t for t, _ in seen] == [t_pseudo_step(0.37, 1000)] * 3 == [int(round(0.37 * 999))] * 3
+    assert all(shape == (1, 3, 64, 64) for _, shape in seen)  # one 64 px render per view
+
+
+def test_stage_reuse_recomputes_only_what_changed(subject, tmp_path):
+    out = tmp_path / "out"
+    run_method(_cfg(tmp_path), subject, "a sks toy", out)
+    first = _artifact_dirs(out)
+    assert {d.split("/")[0] for d in first} == {"dreambooth", "stage1", "stage2", "final"}
+    # lambda_recon: only the final NeRF is new
+    run_method(_cfg(tmp_path, "method.lambda_recon=0.25"), subject, "a sks toy", out)
+    second = _artifact_dirs(out)
+    assert {d.split("/")[0] for d in second - first} == {"final"} and len(second - first) == 1
+    # t_pseudo: stage 2, the multi-view DreamBooth on its views, and the final NeRF are new; stage 1 is not
+    run_method(_cfg(tmp_path, "pseudo.t_pseudo=0.8"), subject, "a sks toy", out)
+    third = _artifact_dirs(out)
+    assert sorted(d.split("/")[0] for d in third - second) == ["dreambooth", "final", "stage2"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_nerf_stage_killed_mid_way_resumes_to_the_same_result(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "nerf.steps=6", "nerf.checkpoint_every=2")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=g)
+    from db3d.cameras import orbit_cameras
+
+    recon = ReconTerm(images, orbit_cameras(3, 15.0, 1.75, 50.0, 16), weight=1.0, p=1)
+    straight = fit_nerf(tmp_path / "a", "k", cfg.nerf, 16, 6, 0, torch.device("cpu"), recon=recon)
+    calls = {"n": 0}
+    real = fit_module.render_image
+
+    def dies_at_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "render_image", dies_at_step_5)
+    with pytest.raises(_Killed):
+        fit_nerf(tmp_path / "b", "k", cfg.nerf, 16, 6, 0, torch.device("cpu"), recon=recon)
+    assert (tmp_path / "b" / "fit_state.pt").exists() and not (tmp_path / "b" / "done.json").exists()
+    monkeypatch.setattr(fit_module, "render_image", real)
+    resumed = fit_nerf(tmp_path / "b", "k", cfg.nerf, 16, 6, 0, torch.device("cpu"), recon=recon)
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight.field_file), load_file(resumed.field_file)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reconstruction_term_alone_fits_known_views(tmp_path):
+    """fit_nerf's reconstruction path (stage 3's) on a constant-colour target: the error falls."""
+    from db3d.cameras import orbit_cameras
+    from db3d.export import load_field
+    from db3d.nerf import render_views
+
+    cfg = _cfg(tmp_path, "nerf.steps=40", "nerf.learning_rate=0.03")
+    cams = orbit_cameras(4, 15.0, 1.75, 50.0, 16)
+    target = torch.zeros(4, 3, 16, 16)
+    target[:, 0] = 0.9  # red everywhere: the field's background/density must explain it
+    recon = ReconTerm(target, cams, weight=1.0, p=2, views_per_step=2)
+    ckpt = fit_nerf(tmp_path / "r", "k", cfg.nerf, 16, 40, 0, torch.device("cpu"), recon=recon)
+    field = load_field(ckpt.field_file, "cpu")
+    err = ((render_views(field, cams, n_samples=16).rgb.permute(0, 3, 1, 2) - target) ** 2).mean()
+    assert err < 0.05, float(err)
+
+
+def test_db3d_run_writes_a_parquet_row_and_a_failed_row_on_error(subject, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, f"subject={subject.path}", "class_noun=toy")
+    run(cfg)
+    df = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert len(df) == 1 and df.loc[0, "status"] == "ok" and df.loc[0, "method"] == "dreambooth3d"
+    assert df.loc[0, "config.dreambooth.partial_steps"] == 2 and df.loc[0, "seconds.total"] > 0
+    assert Path(df.loc[0, "uri.mesh.glb"]).exists()
+    import db3d.run as run_module
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(run_module, "run_method", broken)
+    with pytest.raises(RuntimeError):
+        run(_cfg(tmp_path, f"subject={subject.path}", "class_noun=toy", f"out={tmp_path / 'out2'}"))
+    df = pd.read_parquet(tmp_path / "out2" / "summary.parquet")
+    assert df.loc[0, "status"] == "failed" and "boom" in df.loc[0, "error"]
