@@ -21,6 +21,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_dreambooth.py
+	$(BIN)/python benchmarks/bench_nerf.py
 
 clean-venv:
 	rm -rf $(VENV)

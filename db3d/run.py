@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,13 +53,16 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     # 1. inputs, validated before any model loads
     subject, prompt = resolve_inputs(cfg)
+    start = time.perf_counter()
     bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written
+    backbone_seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     torch.manual_seed(cfg.seed)
     # 2. every stage of the method, then the exports; a failure still leaves its row
     try:
         result = run_method(cfg, subject, prompt, out, bb=bb)
+        result.seconds["backbone"] = backbone_seconds
     except Exception as err:
         write_rows([result_row(cfg, subject.name, subject.class_noun, prompt, None, "failed",
                                f"{type(err).__name__}: {err}")], out / "summary.parquet")
