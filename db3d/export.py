@@ -36,12 +36,12 @@ FIELD_FORMAT = "db3d.NeRFField/1"
 """``format`` entry of a saved field's safetensors metadata."""
 
 
-def _tmp_path(path: Path) -> Path:
+def tmp_path_for(path: Path) -> Path:
     """``dir/.name.tmp.ext``: hidden, and keeps the suffix that writers pick a format from."""
     return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
-def _field_device(field: torch.nn.Module) -> torch.device:
+def field_device(field: torch.nn.Module) -> torch.device:
     for tensor in list(field.parameters()) + list(field.buffers()):
         return tensor.device
     return torch.device("cpu")
@@ -95,7 +95,7 @@ def save_video(frames: Tensor, path: Path, fps: int = 20) -> Path:
         raise ValueError(f"save_video needs RGB frames (T>0, 3, H, W), got {tuple(frames.shape)}")
     arr = to_uint8(frames)  # (T, H, W, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path_for(path)
     try:
         if suffix == ".mp4":
             import imageio.v2 as imageio  # noqa: PLC0415  (heavy import, only for videos)
@@ -141,7 +141,7 @@ def turntable(
     A latent field (``color_channels`` 4, Latent-NeRF) gives latents: decode them before
     ``save_video``.
     """
-    device = _field_device(field)
+    device = field_device(field)
     if chunk is None:  # shaded renders query the field 7 times a sample (finite-difference normals)
         chunk = max(1, POINTS_PER_CALL // (n_samples * (1 if shading == "albedo" else 7)))
     if distance is None:
@@ -217,7 +217,7 @@ def save_field(field: NeRFField, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FIELD_FORMAT, "field_config": json.dumps(asdict(field.config))}
-    tmp = _tmp_path(path)
+    tmp = tmp_path_for(path)
     try:
         save_file(_canonical_state(field), str(tmp), metadata=metadata)
         os.replace(tmp, path)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .export import field_device, tmp_path_for
+
 DEFAULT_THRESHOLD = 10.0
 """Density level of the extracted surface (stable-dreamfusion's density_thresh: 10)."""
 
@@ -54,12 +56,6 @@ class Mesh:
 
 def _empty_mesh() -> Mesh:
     return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
-
-
-def _field_device(field: torch.nn.Module) -> torch.device:
-    for tensor in list(field.parameters()) + list(field.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -124,7 +120,7 @@ def extract_mesh(
     never crosses ``threshold`` on the grid; returns an empty mesh (with a warning) for a
     constant density.
     """
-    device = torch.device(device) if device is not None else _field_device(field)
+    device = torch.device(device) if device is not None else field_device(field)
     level = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     was_training = field.training
     field.eval()
@@ -173,14 +169,10 @@ def extract_mesh(
 # ---- files --------------------------------------------------------------------------------------
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
-
-
 def _write_atomic(path: Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path_for(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
