@@ -10,7 +10,9 @@ rename), so a folder without it is an interrupted stage that may be resumed or r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +45,24 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def artifact_lock(folder: Path):
+    """Exclusive lock on `folder` across processes (an flock on `folder.lock` beside it).
+
+    Concurrent trials that need the same artifact take it in turn: the first computes it, the
+    others then find its done.json and reuse it. POSIX file locks: local disks and shared file
+    systems that honour flock (NFSv4, Lustre); object stores need a lock service instead.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def mark_done(folder: Path, artifact) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import DreamBoothCheckpoint, content_key
+from .artifacts import DreamBoothCheckpoint, artifact_lock, content_key
 from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject, format_prompt
@@ -35,6 +35,12 @@ def class_prompt(subject: Subject) -> str:
     return f"a {subject.class_noun}"
 
 
+def locked_class_images(bb: Backbone, prompt: str, n: int, seed: int, cache_dir: Path) -> torch.Tensor:
+    """class_images under a lock on the cache entry (concurrent trials generate them once)."""
+    with artifact_lock(Path(cache_dir) / "class_images" / content_key(bb.key, prompt, n, seed)):
+        return class_images(bb, prompt, n, seed, cache_dir)
+
+
 @dataclass(frozen=True)
 class Personalized:
     partial: DreamBoothCheckpoint
@@ -51,15 +57,16 @@ def personalize(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Te
     # 1. class images for the prior-preservation loss (cached by backbone, class, count, seed)
     cls_imgs, cls_key = None, None
     if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
-        cls_imgs = class_images(bb, class_prompt(subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
+        cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
         cls_key = content_key(bb.key, class_prompt(subject), db.num_class_images, cfg.seed, bb.sample_steps)
     # 2. one run, two checkpoints (a zero-step checkpoint is the base model itself)
     key = run_key(bb, db, images, instance_prompt(cfg, subject), class_prompt(subject), cls_key, cfg.seed, None)
     steps = [s for s in (db.partial_steps, db.full_steps) if s > 0]
     ckpts = {}
     if steps:
-        ckpts = train_dreambooth(bb, db, images, instance_prompt(cfg, subject), artifacts / "dreambooth" / key,
-                                 steps, cfg.seed, key, cls_imgs, class_prompt(subject))
+        with artifact_lock(artifacts / "dreambooth" / key):
+            ckpts = train_dreambooth(bb, db, images, instance_prompt(cfg, subject), artifacts / "dreambooth" / key,
+                                     steps, cfg.seed, key, cls_imgs, class_prompt(subject))
     base = DreamBoothCheckpoint(path="", step=0, mode="base", key=bb.key, backbone_key=bb.key)
     return Personalized(partial=ckpts.get(db.partial_steps, base), full=ckpts.get(db.full_steps, base),
                         seconds=time.perf_counter() - start)

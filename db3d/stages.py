@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunResult, content_key
+from .artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunResult, artifact_lock, content_key
 from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject
-from .dreambooth import class_images, run_key, train_dreambooth
+from .dreambooth import run_key, train_dreambooth
 from .fit import ReconTerm, SDSTerm, fit_nerf
-from .personalize import Personalized, backbone_for, class_prompt, default_cache_dir, instance_prompt, personalize
+from .personalize import (Personalized, backbone_for, class_prompt, default_cache_dir, instance_prompt,
+                          locked_class_images, personalize)
 from .pseudo_views import load_pseudo_views, make_pseudo_views
 
 
@@ -53,6 +54,12 @@ def _timed(ctx: Context, name: str, fn, *args):
     return result
 
 
+def _locked(folder: Path, fn, *args, **kwargs):
+    """Run a stage's compute under its artifact lock: concurrent trials compute it once."""
+    with artifact_lock(folder):
+        return fn(folder, *args, **kwargs)
+
+
 def _sds_term(ctx: Context, bb: Backbone) -> SDSTerm:
     s = ctx.cfg.sds
     return SDSTerm(backbone=bb, prompt=ctx.prompt, guidance_scale=s.guidance_scale, t_min=s.t_min, t_max=s.t_max,
@@ -74,8 +81,8 @@ def _sds_nerf(ctx: Context, stage: str, ckpt: DreamBoothCheckpoint, lambda_sds: 
     term.weight = lambda_sds
     channels = bb.model_channels if latent else 0
     res = bb.model_resolution if latent else cfg.render.resolution
-    return fit_nerf(ctx.store / stage / key, key, cfg.nerf, res, cfg.nerf.steps, cfg.seed, bb.device, sds=term,
-                    lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage)
+    return _locked(ctx.store / stage / key, fit_nerf, key, cfg.nerf, res, cfg.nerf.steps, cfg.seed, bb.device,
+                   sds=term, lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,8 +97,9 @@ def stage2(ctx: Context, nerf1: NerfCheckpoint, d_full: DreamBoothCheckpoint) ->
     key = content_key("stage2", nerf1.key, d_full.key, ctx.prompt, asdict(cfg.pseudo), cfg.nerf.orbit_elevation,
                       cfg.nerf.orbit_distance, cfg.nerf.orbit_fov, cfg.render.resolution, cfg.seed)
     bb = backbone_for(ctx.bb, d_full)
-    return make_pseudo_views(nerf1, bb, ctx.prompt, cfg.pseudo, cfg.nerf, cfg.render.resolution,
-                             ctx.store / "stage2" / key, key, cfg.seed, bb.device, cfg.nerf.view_dependent_prompts)
+    with artifact_lock(ctx.store / "stage2" / key):
+        return make_pseudo_views(nerf1, bb, ctx.prompt, cfg.pseudo, cfg.nerf, cfg.render.resolution,
+                                 ctx.store / "stage2" / key, key, cfg.seed, bb.device, cfg.nerf.view_dependent_prompts)
 
 
 def multiview_dreambooth(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews) -> DreamBoothCheckpoint:
@@ -103,13 +111,16 @@ def multiview_dreambooth(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: 
     augmented = torch.cat([views, ctx.images])
     cls_imgs, cls_key = None, None
     if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
-        cls_imgs = class_images(ctx.bb, class_prompt(ctx.subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
+        cls_imgs = locked_class_images(ctx.bb, class_prompt(ctx.subject), db.num_class_images, cfg.seed,
+                                       default_cache_dir(cfg))
         cls_key = content_key(ctx.bb.key, class_prompt(ctx.subject), db.num_class_images, cfg.seed, ctx.bb.sample_steps)
     init = None if d_partial.mode == "base" else d_partial
     key = run_key(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject), class_prompt(ctx.subject), cls_key,
                   cfg.seed, init)
-    ckpts = train_dreambooth(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject), ctx.store / "dreambooth" / key,
-                             [db.multiview_steps], cfg.seed, key, cls_imgs, class_prompt(ctx.subject), init=init)
+    with artifact_lock(ctx.store / "dreambooth" / key):
+        ckpts = train_dreambooth(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject),
+                                 ctx.store / "dreambooth" / key, [db.multiview_steps], cfg.seed, key, cls_imgs,
+                                 class_prompt(ctx.subject), init=init)
     return ckpts[db.multiview_steps]
 
 
@@ -124,8 +135,8 @@ def final_nerf(ctx: Context, d_multi: DreamBoothCheckpoint, pseudo: PseudoViews,
     views, cams = load_pseudo_views(pseudo, cfg.render.resolution)
     recon = ReconTerm(views, cams, weight=m.lambda_recon, p=m.recon_norm_p, views_per_step=m.recon_views_per_step)
     sds = _sds_term(ctx, bb) if m.lambda_sds > 0 else None
-    return fit_nerf(ctx.store / "final" / key, key, cfg.nerf, cfg.render.resolution, cfg.nerf.steps, cfg.seed,
-                    bb.device, sds=sds, recon=recon, lambda_nerf=m.lambda_nerf, init=init, desc="final NeRF")
+    return _locked(ctx.store / "final" / key, fit_nerf, key, cfg.nerf, cfg.render.resolution, cfg.nerf.steps,
+                   cfg.seed, bb.device, sds=sds, recon=recon, lambda_nerf=m.lambda_nerf, init=init, desc="final NeRF")
 
 
 def stage3(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews,
@@ -164,8 +175,12 @@ def run_stages(ctx: Context) -> NerfCheckpoint:
 
 
 # ---------------------------------------------------------------------------------------------
-def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None) -> RunResult:
-    """One subject x prompt x method: every stage (resuming what is done), then the exports."""
+def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,
+               store: Path | None = None) -> RunResult:
+    """One subject x prompt x method: every stage (resuming what is done), then the exports.
+
+    `store` is the artifact root (default out/artifacts); sweeps share one across trials.
+    """
     from .backbones import build_backbone
     from .data import load_subject_images
     from .exports_run import export_result
@@ -174,7 +189,8 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
     start = time.perf_counter()
     bb = bb if bb is not None else build_backbone(cfg.backbone)
     images, _ = load_subject_images(subject, cfg.backbone.resolution)
-    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt, store=out / "artifacts")
+    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt,
+                  store=Path(store) if store is not None else out / "artifacts")
     ctx.seconds["load"] = time.perf_counter() - start
     final = run_stages(ctx)
     exports = _timed(ctx, "export", export_result, ctx, final, out / "exports")
