@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/db3d run preset=smoke out=$(DEMO_OUT)
+	$(BIN)/db3d sweep sweep=demo out=$(DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

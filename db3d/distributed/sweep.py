@@ -1,0 +1,148 @@
+"""`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [overrides...]`
+
+    1. load the sweep file and expand it into points (subjects x prompts x grid cells)
+    2. compose every point's config up front: bad input fails before Ray starts
+    3. attach to RAY_ADDRESS when set, else start a local Ray
+    4. run the Tuner (or Tuner.restore when OUT/ray holds an unfinished run of this sweep)
+    5. print progress while it runs, and a summary of the Parquet results at the end
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..config import ConfigError, compose
+from .sink import read_results
+from .spec import SweepError, expand, load_spec
+
+SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus")
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """Sweep keys (sweep=, out=, ...) and the remaining Hydra overrides for every trial."""
+    opts, overrides = {}, []
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("-")
+        if key == "no-reuse":
+            opts["reuse"] = "false"
+        elif "=" in arg and key in SWEEP_KEYS:
+            opts[key] = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    if "sweep" not in opts or "out" not in opts:
+        raise SweepError("db3d sweep needs sweep=NAME_OR_PATH and out=DIR")
+    return opts, overrides
+
+
+def _param_space(spec, points, sweep: dict) -> dict:
+    from ray import tune
+
+    space = {"point": tune.grid_search([p.__dict__ | {"overrides": list(p.overrides)} for p in points]),
+             "sweep": sweep}
+    if spec.search:
+        kinds = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+        space["search"] = {k: (tune.choice(v["choice"]) if "choice" in v else kinds[next(iter(v))](*next(iter(v.values()))))
+                           for k, v in spec.search.items()}
+    return space
+
+
+class _Progress:
+    """A Tune callback printing trials done / running / failed and an ETA."""
+
+    def __init__(self, total: int):
+        from ray.tune import Callback
+
+        outer = self
+
+        class _CB(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.report(trials)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.report(trials)
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                outer.report(trials)
+
+        self.callback, self.total, self.start = _CB(), total, time.time()
+
+    def report(self, trials) -> None:
+        done = sum(t.status == "TERMINATED" for t in trials)
+        failed = sum(t.status == "ERROR" for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        elapsed = time.time() - self.start
+        eta = elapsed / done * (self.total - done - failed) if done else float("nan")
+        print(f"[db3d sweep] {done}/{self.total} done, {running} running, {failed} failed, "
+              f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", flush=True)
+
+
+def run_sweep(argv: list[str]) -> int:
+    import ray
+    from ray import tune
+
+    from .trial import run_trial
+
+    # 1.-2. the sweep, its points, every trial's config checked before Ray starts
+    opts, overrides = parse_args(argv)
+    spec = load_spec(opts["sweep"])
+    out = Path(opts["out"]).expanduser().resolve()
+    points = expand(spec, out, data_root=opts.get("data_root"))
+    if not points:
+        raise SweepError(f"{spec.path}: the sweep has no trials")
+    for p in points:
+        compose(list(p.overrides) + overrides)
+    reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
+    sweep = {"name": spec.name, "out": str(out), "reuse": reuse, "overrides": overrides,
+             "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
+             "max_failures": int(opts.get("max_failures", 1))}
+    n_trials = len(points) * max(1, spec.num_samples)
+    print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {out} (reuse={'on' if reuse else 'off'})", flush=True)
+
+    # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None,
+                     include_dashboard=False)
+
+    # 4. the Tuner; resume an interrupted run of the same sweep
+    trainable = tune.with_resources(run_trial, {k: v for k, v in spec.resources.items() if v})
+    path = out / "ray" / spec.name
+    progress = _Progress(n_trials)
+    if tune.Tuner.can_restore(str(path)):
+        print(f"[db3d sweep] resuming the sweep found at {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True,
+                                   param_space=_param_space(spec, points, sweep))
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec, points, sweep),
+            tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples),
+                                        max_concurrent_trials=int(opts.get("max_concurrent", spec.max_concurrent)) or None),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(out / "ray"), callbacks=[progress.callback],
+                                      failure_config=tune.FailureConfig(max_failures=int(opts.get("max_failures", 1))),
+                                      verbose=0),
+        )
+    tuner.fit()
+
+    # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
+    df = read_results(out / "results")
+    ok = int((df["status"] == "ok").sum()) if len(df) else 0
+    print(f"[db3d sweep] finished: {ok}/{n_trials} trials ok, {len(df) - ok} failed; results in {out / 'results'}")
+    if len(df):
+        cols = [c for c in ("method", "subject", "prompt", "config.method.lambda_recon", "status", "seconds.total")
+                if c in df.columns]
+        print(df[cols].to_string(index=False, max_rows=40))
+    return 0 if ok == n_trials else 1
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return run_sweep(argv)
+    except (SweepError, ConfigError) as err:
+        print(f"db3d sweep: invalid input:\n{err}", file=sys.stderr)
+        return 2

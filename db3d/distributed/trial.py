@@ -1,0 +1,103 @@
+"""The Tune function trainable: the driver of one subject x prompt x hyperparameter point.
+
+    1. compose the trial's config (sweep overrides + grid cell + drawn search values)
+    2. run the method: inline in the trial's worker, or as a Ray Train TorchTrainer (Train V2:
+       a trainer launched inside the Tune function, `Tuner(trainer)` no longer works)
+    3. write the trial's one Parquet row (status ok, or failed with the error) and report to Tune
+
+Stages are content-addressed in the sweep's shared artifact store, so a retried trial (Tune's
+FailureConfig) resumes from the last finished stage and the state files inside a stage.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+from ..artifacts import content_key
+from ..config import compose
+from ..data import resolve_subject
+from ..results import result_row
+from .sink import write_trial_row
+from .spec import search_overrides
+
+
+def trial_config(config: dict) -> tuple[list[str], str]:
+    """(overrides, trial id) from Tune's config {"point": {...}, "search": {...}, "sweep": {...}}."""
+    point, sweep = config["point"], config["sweep"]
+    extra = search_overrides(config.get("search", {}))
+    overrides = list(point["overrides"]) + list(sweep.get("overrides", [])) + extra
+    trial_id = point["id"] if not extra else content_key(point["id"], extra)
+    return overrides, trial_id
+
+
+def _method_body(config: dict) -> dict:
+    """Compose, run every stage, return the trial's row. Runs in a Tune or Train worker."""
+    from ..stages import run_method
+
+    overrides, trial_id = trial_config(config)
+    point, sweep = config["point"], config["sweep"]
+    out = Path(sweep["out"]) / "trials" / trial_id
+    store = Path(sweep["out"]) / "artifacts" if sweep.get("reuse", True) else out / "artifacts"
+    cfg = compose(overrides + [f"out={out}", f"cache_dir={Path(sweep['out']) / 'cache'}"])
+    subject = resolve_subject(point["subject"], class_noun=point["class_noun"])
+    marker = os.environ.get("DB3D_TRIAL_PID_DIR")  # tests: where a trial announces its worker PID
+    if marker:
+        Path(marker).mkdir(parents=True, exist_ok=True)
+        (Path(marker) / f"{trial_id}.pid").write_text(str(os.getpid()))
+    result = run_method(cfg, subject, point["prompt"], out, store=store)
+    row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
+    row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
+    return row
+
+
+def _train_loop(config: dict) -> None:
+    """Ray Train worker: rank 0 runs the method and reports its row's numbers."""
+    import ray.train
+
+    row = _method_body(config) if ray.train.get_context().get_world_rank() == 0 else {}
+    ray.train.report({"seconds_total": float(row.get("seconds.total", 0.0))})
+    if row:
+        write_trial_row(Path(config["sweep"]["out"]) / "results", row)
+
+
+def run_trial(config: dict) -> None:
+    """Tune function trainable (see module docstring)."""
+    from ray import tune
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the driver shows sweep progress; no bars from workers
+    overrides, trial_id = trial_config(config)
+    point, sweep = config["point"], config["sweep"]
+    results = Path(sweep["out"]) / "results"
+    try:
+        if sweep.get("trainer", "inline") == "ray_train":
+            _run_in_trainer(config, trial_id)
+        else:
+            write_trial_row(results, _method_body(config))
+    except Exception as err:
+        # the failed row names the error; a successful retry replaces it (same trial id)
+        cfg = compose(overrides)
+        row = result_row(cfg, Path(point["subject"]).name, point["class_noun"], point["prompt"], None, "failed",
+                         f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
+        write_trial_row(results, row)
+        raise
+    tune.report({"done": 1, "trial_id": trial_id})
+
+
+def _run_in_trainer(config: dict, trial_id: str) -> None:
+    """The method as a one-worker TorchTrainer (GPU when the sweep asks for one)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    sweep = config["sweep"]
+    gpu = float(sweep.get("resources", {}).get("gpu", 0))
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu > 0),
+        run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(sweep["out"]) / "ray_train"),
+                             failure_config=FailureConfig(max_failures=int(sweep.get("max_failures", 1)))),
+    )
+    trainer.fit()

@@ -1,0 +1,197 @@
+"""Sweeps: spec expansion, Parquet sink, and real Ray runs (local Ray in a subprocess per sweep).
+
+Every Ray cluster here is started by the test's own `db3d sweep` subprocess (a local Ray, private
+to it) or by `ray start --head` on private ports bound to 127.0.0.1; the tests end only the
+processes they started, by PID / process group. RAY_AUTH_MODE is set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from db3d.distributed.sink import read_results, write_trial_row
+from db3d.distributed.spec import SweepError, expand, load_spec
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def _mini_sweep(tmp_path: Path, lambdas=(0.5, 1.0), extra: str = "") -> Path:
+    path = tmp_path / "mini.yaml"
+    path.write_text(f"""name: mini
+overrides: [preset=smoke{extra}]
+subjects: {{generated: 1}}
+prompts: ["a {{0}} {{1}}"]
+grid:
+  method: [dreambooth3d]
+  method.lambda_recon: [{', '.join(map(str, lambdas))}]
+resources: {{cpu: 1, gpu: 0}}
+max_concurrent: 2
+""")
+    return path
+
+
+def _sweep(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "db3d.cli", "sweep", *args], env={**ENV, **kw.pop("env", {})},
+                          capture_output=True, text=True, timeout=kw.pop("timeout", 400), **kw)
+
+
+def _count(store: Path, stage: str) -> int:
+    return sum(1 for p in store.glob(f"**/artifacts/{stage}/*") if p.is_dir())
+
+
+# --- no Ray ------------------------------------------------------------------------------------
+def test_demo_spec_expands_to_its_grid(tmp_path):
+    points = expand(load_spec("demo"), tmp_path)
+    assert len(points) == 2 * 2 * 2 * 2  # subjects x prompts x methods x lambda_recon
+    assert len({p.id for p in points}) == len(points)
+    assert expand(load_spec("demo"), tmp_path) == points  # stable ids: restores find their rows
+
+
+def test_dataset_spec_uses_the_table(shared_dataset, tmp_path):
+    spec = load_spec("loss_weights")
+    points = expand(spec, tmp_path, data_root=str(shared_dataset))
+    assert {p.subject_name for p in points} == {"dog", "cat", "teapot"}
+    assert {p.class_noun for p in points} == {"dog", "cat", "teapot"}
+    assert all("sks" in p.prompt for p in points)
+    assert len(expand(load_spec("paper_eval"), tmp_path, data_root=str(shared_dataset))) == 26 * 4 * 3
+
+
+def test_bad_specs_fail_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngridd: {}\n")
+    with pytest.raises(SweepError, match="gridd"):
+        load_spec(str(bad))
+    bad.write_text("name: x\nsearch: {method.lambda_recon: {gaussian: [0, 1]}}\n")
+    with pytest.raises(SweepError, match="method.lambda_recon"):
+        load_spec(str(bad))
+    with pytest.raises(SweepError, match="demo"):
+        load_spec("no_such_sweep")
+
+
+def test_sink_replaces_a_trials_row_and_reads_with_pandas_pyarrow_duckdb(tmp_path):
+    base = dict(method="dreambooth3d", subject="dog", trial_id="t1", status="failed", error="boom")
+    write_trial_row(tmp_path, base)
+    write_trial_row(tmp_path, {**base, "status": "ok", "error": ""})  # a retry replaces the row
+    write_trial_row(tmp_path, {**base, "trial_id": "t2", "method": "latent_nerf", "status": "ok", "error": ""})
+    (tmp_path / "method=dreambooth3d" / "subject=dog" / ".part-t3.parquet.123.tmp").write_bytes(b"half")
+    df = read_results(tmp_path)
+    assert sorted(df["trial_id"]) == ["t1", "t2"] and set(df["status"]) == {"ok"}
+    assert set(df["method"].astype(str)) == {"dreambooth3d", "latent_nerf"}
+    assert ds.dataset(str(tmp_path), format="parquet", partitioning="hive").count_rows() == 2
+    duckdb = pytest.importorskip("duckdb")
+    n = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/*/*/*.parquet', hive_partitioning=true)").fetchall()[0][0]
+    assert n == 2
+
+
+def test_sweep_rejects_bad_input_before_ray_starts(tmp_path):
+    proc = _sweep([f"sweep={_mini_sweep(tmp_path)}", f"out={tmp_path / 'o'}", "pseudo.t_pseudo=2"], timeout=60)
+    assert proc.returncode == 2 and "pseudo.t_pseudo" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "ray").exists()
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+def test_sweep_writes_rows_and_reuse_cuts_stage_executions(tmp_path):
+    spec = _mini_sweep(tmp_path)
+    shared, alone = tmp_path / "reuse", tmp_path / "noreuse"
+    assert _sweep([f"sweep={spec}", f"out={shared}", "num_cpus=2"]).returncode == 0
+    proc = _sweep([f"sweep={spec}", f"out={alone}", "num_cpus=2", "--no-reuse"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for out in (shared, alone):
+        df = read_results(out / "results")
+        assert len(df) == 2 and set(df["status"]) == {"ok"}
+        assert sorted(df["config.method.lambda_recon"]) == [0.5, 1.0]
+        assert all(Path(u).exists() for u in df["uri.turntable_rgb.mp4"])
+    # DreamBooth (personalisation + multi-view) and stage 1 run once per subject x prompt with reuse
+    assert _count(shared, "stage1") == 1 and _count(alone, "stage1") == 2
+    assert _count(shared, "dreambooth") == 2 and _count(alone, "dreambooth") == 4
+    assert _count(shared, "final") == _count(alone, "final") == 2
+
+
+def _wait_for(path_glob, root: Path, timeout: float = 120.0) -> list[Path]:
+    end = time.time() + timeout
+    while time.time() < end:
+        found = list(root.glob(path_glob))
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"nothing matched {path_glob} under {root} in {timeout}s")
+
+
+def test_a_trial_whose_worker_is_killed_finishes_on_retry_with_one_row(tmp_path):
+    spec = _mini_sweep(tmp_path, lambdas=(1.0,), extra=", nerf.steps=60")
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-m", "db3d.cli", "sweep", f"sweep={spec}", f"out={tmp_path / 'o'}",
+                             "num_cpus=2", "max_failures=2"], env={**ENV, "DB3D_TRIAL_PID_DIR": str(pids)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid_file = _wait_for("*.pid", pids)[0]
+    _wait_for("artifacts/stage1/*/fit_state.pt", tmp_path / "o")  # mid-stage: stage 1 is under way
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    df = read_results(tmp_path / "o" / "results")
+    assert len(df) == 1 and df.loc[0, "status"] == "ok"
+
+
+def test_a_sweep_whose_driver_dies_resumes_without_lost_or_duplicated_rows(tmp_path):
+    spec = _mini_sweep(tmp_path, lambdas=(0.25, 0.5, 1.0))
+    args = [sys.executable, "-m", "db3d.cli", "sweep", f"sweep={spec}", f"out={tmp_path / 'o'}", "num_cpus=2",
+            "max_concurrent=1"]
+    first = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # its own process group: the driver and its local Ray
+    _wait_for("results/*/*/part-*.parquet", tmp_path / "o", timeout=200)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    before = read_results(tmp_path / "o" / "results")
+    assert 1 <= len(before) < 3
+    again = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming" in again.stdout
+    df = read_results(tmp_path / "o" / "results")
+    assert len(df) == 3 and df["trial_id"].is_unique and set(df["status"]) == {"ok"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_head_on_loopback_runs_a_sweep(tmp_path):
+    ray_bin = Path(sys.executable).with_name("ray")
+    port, dash = _free_port(), _free_port()
+    env = {**ENV, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+                             "--num-cpus=2", f"--temp-dir={tmp_path / 'ray_tmp'}", "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        spec = _mini_sweep(tmp_path, lambdas=(1.0,))
+        submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
+                  sys.executable, "-m", "db3d.cli", "sweep", f"sweep={spec}", f"out={tmp_path / 'o'}"]
+        end = time.time() + 90
+        while True:  # the dashboard's job server takes a few seconds to come up
+            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+            if proc.returncode == 0 or time.time() > end or "SUCCEEDED" in proc.stdout:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0 and "SUCCEEDED" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+        df = pd.read_parquet(next((tmp_path / "o" / "results").glob("*/*/*.parquet")))
+        assert df.loc[0, "status"] == "ok"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
