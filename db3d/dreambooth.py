@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from . import diffusion
 from .artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
@@ -52,7 +52,7 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
     if missing:
         cond = bb.encode_prompts([class_prompt])
         uncond = bb.encode_prompts([""])
-        for start in tqdm(range(0, len(missing), batch_size), desc=f"class images '{class_prompt}'", leave=False):
+        for start in progress_bar(iterable=range(0, len(missing), batch_size), desc=f"class images '{class_prompt}'"):
             idx = missing[start:start + batch_size]
             # one generator per image: the same image whatever the batching or interruption
             imgs = [bb.sample(cond, uncond, guidance_scale, torch.Generator().manual_seed(seed * 100003 + i),
@@ -216,7 +216,7 @@ def train_dreambooth(
     # 4. the training loop
     n_inst, n_cls = fixed.n_instance, len(fixed.mean) - fixed.n_instance
     a_bar = bb.alphas_cumprod
-    bar = tqdm(total=total, initial=step, desc=f"DreamBooth {cfg.mode}", leave=False)
+    bar = progress_bar(total=total, initial=step, desc=f"DreamBooth {cfg.mode}")
     while step < total:
         # 4a. a batch of subject images (and as many class images), latents drawn from the VAE posterior
         idx = torch.randint(n_inst, (cfg.batch_size,), generator=gen)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .artifacts import NerfCheckpoint, mark_done, read_done
 from .backbones import Backbone
@@ -115,7 +115,7 @@ def fit_nerf(
         gen.set_state(state["rng"])
         step = state["step"]
 
-    bar = tqdm(total=steps, initial=step, desc=desc, leave=False)
+    bar = progress_bar(total=steps, initial=step, desc=desc)
     while step < steps:
         losses: dict[str, Tensor] = {}
         # 3. SDS on random views: render, to model space, distil

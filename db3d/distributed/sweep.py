@@ -1,4 +1,4 @@
-"""`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [overrides...]`
+"""`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [gpu=0.25] [overrides...]`
 
     1. load the sweep file and expand it into points (subjects x prompts x grid cells)
     2. compose every point's config up front: bad input fails before Ray starts
@@ -18,7 +18,8 @@ from ..config import ConfigError, compose
 from .sink import read_results
 from .spec import SweepError, expand, load_spec
 
-SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus")
+SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
+              "cpu", "gpu")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -88,6 +89,9 @@ def run_sweep(argv: list[str]) -> int:
     # 1.-2. the sweep, its points, every trial's config checked before Ray starts
     opts, overrides = parse_args(argv)
     spec = load_spec(opts["sweep"])
+    for key in ("cpu", "gpu"):  # per-trial resources from the command line (fractional GPUs allowed)
+        if key in opts:
+            spec.resources[key] = float(opts[key])
     out = Path(opts["out"]).expanduser().resolve()
     points = expand(spec, out, data_root=opts.get("data_root"))
     if not points:
@@ -110,7 +114,10 @@ def run_sweep(argv: list[str]) -> int:
                      include_dashboard=False)
 
     # 4. the Tuner; resume an interrupted run of the same sweep
-    trainable = tune.with_resources(run_trial, {k: v for k, v in spec.resources.items() if v})
+    trial_resources = {k: v for k, v in spec.resources.items() if v}
+    if sweep["trainer"] == "ray_train":  # the TorchTrainer's worker takes the GPU, the trial a CPU
+        trial_resources = {"cpu": 1}
+    trainable = tune.with_resources(run_trial, trial_resources)
     path = out / "ray" / spec.name
     progress = _Progress(n_trials)
     if tune.Tuner.can_restore(str(path)):

@@ -56,6 +56,7 @@ def _train_loop(config: dict) -> None:
     """Ray Train worker: rank 0 runs the method and reports its row's numbers."""
     import ray.train
 
+    os.environ["DB3D_QUIET"] = "1"
     row = _method_body(config) if ray.train.get_context().get_world_rank() == 0 else {}
     ray.train.report({"seconds_total": float(row.get("seconds.total", 0.0))})
     if row:
@@ -66,7 +67,7 @@ def run_trial(config: dict) -> None:
     """Tune function trainable (see module docstring)."""
     from ray import tune
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the driver shows sweep progress; no bars from workers
+    os.environ["DB3D_QUIET"] = "1"  # the driver shows sweep progress; no bars from workers
     overrides, trial_id = trial_config(config)
     point, sweep = config["point"], config["sweep"]
     results = Path(sweep["out"]) / "results"
@@ -93,10 +94,12 @@ def _run_in_trainer(config: dict, trial_id: str) -> None:
 
     sweep = config["sweep"]
     gpu = float(sweep.get("resources", {}).get("gpu", 0))
-    trainer = TorchTrainer(
+    cpu = float(sweep.get("resources", {}).get("cpu", 1))
+    trainer = TorchTrainer(  # the trial itself holds one CPU; the worker holds the sweep's resources
         _train_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu > 0),
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu > 0,
+                                     resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
         run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(sweep["out"]) / "ray_train"),
                              failure_config=FailureConfig(max_failures=int(sweep.get("max_failures", 1)))),
     )
