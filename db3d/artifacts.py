@@ -136,3 +136,5 @@ class RunResult:
     exports: dict
     seconds: dict
     keys: dict
+    metrics: dict = dataclasses.field(default_factory=dict)
+    """Flat metric columns (`metric.<metric>.<model>.<render>`, `metrics.weights`); empty when off."""

@@ -13,6 +13,7 @@ Choice fields are plain `str` typed as the `Literal` aliases below: OmegaConf 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -167,6 +168,26 @@ class ExportConfig:
 
 
 @dataclass
+class MetricsConfig:
+    enabled: bool = True
+    """Compute the evaluation metrics on the final NeRF inside every run / trial."""
+    clip_models: list[str] = field(default_factory=lambda: ["ViT-B-32"])
+    """open_clip models for R-precision, CLIP-I, CLIP-T (DreamFusion / DreamBooth3D: B/16, B/32, L/14)."""
+    dino: bool = True
+    """Also DINO ViT-S/16 subject fidelity (DreamBooth's DINO metric)."""
+    weights: str = ""
+    """Empty: pretrained weights from the Hugging Face cache (offline); a folder: weights files in it;
+    "random": the same architectures with random weights (machinery only; every row says so)."""
+    n_views: int = 8
+    """Views at 30 degrees elevation, evenly spaced in azimuth, averaged (and read for the Janus score)."""
+    resolution: int = 128
+    """Render side of the evaluation views (resized to each model's input)."""
+    captions: str = ""
+    """A text file of candidate captions for R-precision (e.g. 153 COCO captions); empty: the
+    subject's prompt templates plus the run's prompt."""
+
+
+@dataclass
 class PseudoViewConfig:
     n_views: int = 20
     """Views of the stage-1 NeRF rendered on the orbit and translated (paper: ~20)."""
@@ -220,6 +241,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 class ConfigError(ValueError):
@@ -263,7 +285,7 @@ def validate(cfg: RunConfig) -> None:
                  "backbone.sample_steps", "render.resolution", "pseudo.n_views", "nerf.steps",
                  "nerf.batch_views", "nerf.n_samples", "nerf.hidden_dim", "nerf.n_levels",
                  "method.recon_views_per_step", "export.turntable_frames", "export.turntable_resolution",
-                 "export.fps", "export.mesh_resolution"):
+                 "export.fps", "export.mesh_resolution", "metrics.n_views", "metrics.resolution"):
         if _get(cfg, path) < 1:
             problems.append(f"{path}={_get(cfg, path)}: must be >= 1")
     if db.full_steps < db.partial_steps:
@@ -301,6 +323,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.method.name == "latent_nerf" and cfg.backbone.kind in ("tiny-if", "if"):
         problems.append(f"method=latent_nerf needs a latent backbone (tiny-sd or sd), not backbone.kind={cfg.backbone.kind}: "
                         "IF works in pixel space, so there is no latent space to render")
+    if cfg.metrics.enabled and cfg.metrics.captions and not os.path.isfile(cfg.metrics.captions):
+        problems.append(f"metrics.captions={cfg.metrics.captions}: no such file")
     if cfg.method.recon_norm_p not in (1, 2):
         problems.append(f"method.recon_norm_p={cfg.method.recon_norm_p}: must be 1 or 2")
     if cfg.backbone.kind in ("sd", "if") and not cfg.backbone.model:

@@ -37,6 +37,19 @@ def resolve_inputs(cfg: RunConfig) -> tuple[Subject, str]:
     return subject, prompt
 
 
+def check_metric_weights(cfg: RunConfig) -> None:
+    """Find the metric models' weights (no loading) when metrics are on and not random."""
+    m = cfg.metrics
+    if not m.enabled or m.weights == "random":
+        return
+    from .metrics_models import resolve_clip_weights, resolve_dino_weights
+
+    for name in m.clip_models:
+        resolve_clip_weights(name, m.weights or None)
+    if m.dino:
+        resolve_dino_weights(m.weights or None)
+
+
 def save_config(cfg: RunConfig, out: Path) -> None:
     """config.yaml beside the outputs; an earlier, different one is kept as config.N.yaml."""
     text = to_yaml(cfg)
@@ -53,6 +66,7 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     # 1. inputs, validated before any model loads
     subject, prompt = resolve_inputs(cfg)
+    check_metric_weights(cfg)  # missing CLIP / DINO weights fail now, not after hours of training
     start = time.perf_counter()
     bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written
     backbone_seconds = time.perf_counter() - start
@@ -71,7 +85,7 @@ def run(cfg: RunConfig) -> dict:
     summary = {"subject": subject.name, "class_noun": subject.class_noun, "prompt": prompt,
                "method": cfg.method.name, "backbone": cfg.backbone.kind, "seed": cfg.seed,
                "seconds": result.seconds, "exports": {k: str(v) for k, v in result.exports.items()},
-               "final": asdict(result.final), "keys": result.keys}
+               "final": asdict(result.final), "keys": result.keys, "metrics": result.metrics}
     atomic_write_json(out / "summary.json", summary)
     write_rows([result_row(cfg, subject.name, subject.class_noun, prompt, result, "ok")], out / "summary.parquet")
     print(json.dumps({"out": str(out), "method": cfg.method.name, "prompt": prompt,

@@ -194,6 +194,14 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
     ctx.seconds["load"] = time.perf_counter() - start
     final = run_stages(ctx)
     exports = _timed(ctx, "export", export_result, ctx, final, out / "exports")
-    ctx.keys.pop("export", None)
+    metrics = {}
+    if cfg.metrics.enabled:
+        from .evaluate import evaluate_nerf
+
+        metrics = _timed(ctx, "metrics", evaluate_nerf, cfg, final.field_file, final.latent, bb, images, prompt,
+                         subject.templates, subject.class_noun)
+    for name in ("export", "metrics"):
+        ctx.keys.pop(name, None)
     return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,
-                     prompt=prompt, final=final, exports=exports, seconds=dict(ctx.seconds), keys=dict(ctx.keys))
+                     prompt=prompt, final=final, exports=exports, seconds=dict(ctx.seconds), keys=dict(ctx.keys),
+                     metrics=metrics)

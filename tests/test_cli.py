@@ -46,6 +46,7 @@ def _no_model_loads(monkeypatch):
     (["prompt=a dog without the token"], "identifier"),
     (["pseudo.t_pseudo=3"], "pseudo.t_pseudo"),
     (["no_such_key=1"], "no_such_key"),
+    (["metrics.weights=/no/clip/weights/here"], "/no/clip/weights/here"),
 ])
 def test_run_rejects_bad_input_before_any_model_loads(args, needle, tmp_path, monkeypatch, capsys):
     _no_model_loads(monkeypatch)
@@ -66,7 +67,7 @@ def test_run_with_missing_real_weights_says_how_to_provide_them(tmp_path, capsys
 
 def test_run_smoke_on_a_generated_subject_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", "preset=smoke", f"out={out}", f"cache_dir={tmp_path / 'cache'}"]
+    args = ["run", "preset=smoke", f"out={out}", f"cache_dir={tmp_path / 'cache'}", "metrics.enabled=false"]
     assert cli.main(args) == 0
     for name in ("config.yaml", "summary.json", "summary.parquet"):
         assert (out / name).exists(), name

@@ -26,10 +26,10 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "TQDM_
        "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
-def _mini_sweep(tmp_path: Path, lambdas=(0.5, 1.0), extra: str = "") -> Path:
+def _mini_sweep(tmp_path: Path, lambdas=(0.5, 1.0), extra: str = "", metrics: str = "false") -> Path:
     path = tmp_path / "mini.yaml"
     path.write_text(f"""name: mini
-overrides: [preset=smoke{extra}]
+overrides: [preset=smoke, metrics.enabled={metrics}{extra}]
 subjects: {{generated: 1}}
 prompts: ["a {{0}} {{1}}"]
 grid:
@@ -102,7 +102,7 @@ def test_sweep_rejects_bad_input_before_ray_starts(tmp_path):
 
 # --- Ray ---------------------------------------------------------------------------------------
 def test_sweep_writes_rows_and_reuse_cuts_stage_executions(tmp_path):
-    spec = _mini_sweep(tmp_path)
+    spec = _mini_sweep(tmp_path, metrics="true")
     shared, alone = tmp_path / "reuse", tmp_path / "noreuse"
     assert _sweep([f"sweep={spec}", f"out={shared}", "num_cpus=2"]).returncode == 0
     proc = _sweep([f"sweep={spec}", f"out={alone}", "num_cpus=2", "--no-reuse"])
@@ -112,6 +112,7 @@ def test_sweep_writes_rows_and_reuse_cuts_stage_executions(tmp_path):
         assert len(df) == 2 and set(df["status"]) == {"ok"}
         assert sorted(df["config.method.lambda_recon"]) == [0.5, 1.0]
         assert all(Path(u).exists() for u in df["uri.turntable_rgb.mp4"])
+        assert set(df["metrics.weights"]) == {"random"} and df["metric.r_precision.ViT-B-32.color"].notna().all()
     # DreamBooth (personalisation + multi-view) and stage 1 run once per subject x prompt with reuse
     assert _count(shared, "stage1") == 1 and _count(alone, "stage1") == 2
     assert _count(shared, "dreambooth") == 2 and _count(alone, "dreambooth") == 4

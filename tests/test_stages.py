@@ -28,8 +28,9 @@ def subject(tmp_path_factory):
     return resolve_subject(str(folder), class_noun="toy")
 
 
-def _cfg(tmp_path, *extra):
-    return compose(["preset=smoke", f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'out'}", *extra])
+def _cfg(tmp_path, *extra, metrics: bool = False):
+    return compose(["preset=smoke", f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'out'}",
+                    f"metrics.enabled={str(metrics).lower()}", *extra])
 
 
 def _artifact_dirs(out: Path) -> set[str]:
@@ -41,8 +42,14 @@ def _artifact_dirs(out: Path) -> set[str]:
 @pytest.mark.parametrize("method, backbone", [("dreambooth3d", "tiny-sd"), ("dreambooth_fusion", "tiny-if"),
                                               ("latent_nerf", "tiny-sd")])
 def test_each_method_end_to_end(method, backbone, subject, tmp_path):
-    cfg = _cfg(tmp_path, f"method={method}", f"backbone={backbone}")
+    cfg = _cfg(tmp_path, f"method={method}", f"backbone={backbone}", metrics=True)
     result = run_method(cfg, subject, "a sks toy on a table", tmp_path / "out")
+    # metrics computed inside the run, with random-weight models that say so
+    assert result.metrics["metrics.weights"] == "random"
+    for column in ("metric.r_precision.ViT-B-32.color", "metric.clip_t.ViT-B-32.textureless",
+                   "metric.dino.dino_vits16.color"):
+        assert column in result.metrics, column
+    assert 0.0 <= result.metrics["metric.r_precision.ViT-B-32.color"] <= 1.0
     for name in EXPORTS:
         assert Path(result.exports[name]).stat().st_size > 0, name
     assert result.final.latent == (method == "latent_nerf")

@@ -96,8 +96,10 @@ def run_sweep(argv: list[str]) -> int:
     points = expand(spec, out, data_root=opts.get("data_root"))
     if not points:
         raise SweepError(f"{spec.path}: the sweep has no trials")
+    from ..run import check_metric_weights
+
     for p in points:
-        compose(list(p.overrides) + overrides)
+        check_metric_weights(compose(list(p.overrides) + overrides))
     reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
     sweep = {"name": spec.name, "out": str(out), "reuse": reuse, "overrides": overrides,
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
@@ -150,6 +152,6 @@ def run_sweep(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     try:
         return run_sweep(argv)
-    except (SweepError, ConfigError) as err:
+    except (SweepError, ConfigError, FileNotFoundError) as err:
         print(f"db3d sweep: invalid input:\n{err}", file=sys.stderr)
         return 2
