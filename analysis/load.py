@@ -82,7 +82,7 @@ def load_results(results: Path) -> pd.DataFrame:
     results = Path(results)
     files = _files(results)
     if not files:
-        return pd.DataFrame(columns=["method", "subject", "status", "error"])
+        return _tidy(pd.DataFrame())
     part = ds.partitioning(PARTITIONS, flavor="hive")
     schemas = [pq.read_schema(f) for f in files]
     try:

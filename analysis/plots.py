@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from .load import METRIC_LABELS, ok_rows, parse_metric_column
+from .load import METRIC_LABELS, metric_columns, ok_rows, parse_metric_column
 from .stats import N_BOOT, SEED, axis_levels, bootstrap_ci, fmt
 
 PANEL_W, PANEL_H = 400, 300
@@ -124,8 +124,7 @@ def plot_axis_metric(df: pd.DataFrame, axis: str, metric: str, path: Path,
                      n_boot: int = N_BOOT, seed: int = SEED) -> Path | None:
     """One figure: `metric` (every model x render column of it) against swept `axis`; None without values."""
     ok = ok_rows(df)
-    cols = [c for c in ok.columns if isinstance(c, str) and c.startswith("metric.")
-            and parse_metric_column(c).metric == metric and ok[c].notna().any()]
+    cols = [c for c in metric_columns(ok) if parse_metric_column(c).metric == metric and ok[c].notna().any()]
     if not cols or ok[axis].notna().sum() == 0:
         return None
     labels, levels = axis_levels(ok[axis])
@@ -174,8 +173,7 @@ def plot_all(df: pd.DataFrame, axes: list[str], out_dir: Path, n_boot: int = N_B
         for old in out_dir.glob("*.png"):
             old.unlink()
     ok = ok_rows(df)
-    metrics = list(dict.fromkeys(parse_metric_column(c).metric for c in ok.columns
-                                 if isinstance(c, str) and c.startswith("metric.")))
+    metrics = list(dict.fromkeys(parse_metric_column(c).metric for c in metric_columns(ok)))
     written = []
     for axis in axes:
         for metric in metrics:

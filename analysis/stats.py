@@ -102,7 +102,11 @@ def config_label(values: dict) -> str:
     """'method.lambda_recon=10, pseudo.t_pseudo=0.6' from {config column: value}."""
     if not values:
         return "(no swept axes)"
-    return ", ".join(f"{k.removeprefix('config.')}={fmt(v, 4) if isinstance(v, float) else v}" for k, v in values.items())
+    return ", ".join(f"{k.removeprefix('config.')}={_short(v)}" for k, v in values.items())
+
+
+def _short(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def best_config(rows: pd.DataFrame, metric: str, axes: list[str], lower_is_better: bool,

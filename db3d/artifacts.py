@@ -137,4 +137,5 @@ class RunResult:
     seconds: dict
     keys: dict
     metrics: dict = dataclasses.field(default_factory=dict)
-    """Flat metric columns (`metric.<metric>.<model>.<render>`, `metrics.weights`); empty when off."""
+    """Flat metric columns (`metric.<metric>.<model>.<render>`, `metrics.weights`) and, under
+    "views", one dict per evaluation view; empty when metrics are off."""

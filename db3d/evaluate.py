@@ -39,9 +39,29 @@ def candidate_captions(cfg: MetricsConfig, templates, identifier: str, class_nou
     return [t.format(identifier, class_noun) for t in templates] + [prompt]
 
 
+def per_view_rows(model, views: dict, captions: list[str], true_caption: str, azimuths: list[float],
+                  files: dict) -> list[dict]:
+    """One row per evaluation view and render kind: CLIP-T of the view, and whether it retrieves
+    the true caption (its R-precision hit), with the view's azimuth and image file."""
+    from .metrics import r_precision
+
+    text = model.embed_texts(captions)  # (C, D) unit rows
+    true_index = captions.index(true_caption)
+    rows = []
+    for kind, imgs in views.items():
+        emb = model.embed_images(imgs)  # (K, D)
+        for i in range(emb.shape[0]):
+            hit, rank = r_precision(emb[i:i + 1], text, true_index)
+            rows.append({"view": i, "azimuth_deg": azimuths[i], "render": kind, "model": model.name,
+                         "weights": model.weights, "clip_t": float(emb[i] @ text[true_index]),
+                         "r_precision_hit": hit, "clip_rank": rank, "uri": str(files[kind][i])})
+    return rows
+
+
 def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch.Tensor, prompt: str,
-                  templates, class_noun: str, models=None) -> dict:
-    """{column: value} for the run's Parquet row."""
+                  templates, class_noun: str, models=None, views_dir: Path | None = None) -> dict:
+    """{column: value} for the run's Parquet row; with views_dir, also "views": per-view rows (and
+    the evaluation renders saved there as PNG)."""
     from .metrics import evaluate_views
 
     m = cfg.metrics
@@ -68,4 +88,22 @@ def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch
     out["metrics.weights"] = "random" if m.weights == "random" else "pretrained"
     out["metrics.models"] = ",".join(sorted({r["model"] for r in rows}))
     out["metrics.n_views"] = m.n_views
+    # 4. per-view rows (first CLIP model), with the renders saved beside them
+    if views_dir is not None and clips:
+        from PIL import Image
+
+        from .export import to_uint8
+        from .metrics import strip_identifier
+
+        views = {"color": colour.clamp(0, 1), "textureless": textureless.clamp(0, 1)}
+        files: dict[str, list[Path]] = {}
+        for kind, imgs in views.items():
+            Path(views_dir).mkdir(parents=True, exist_ok=True)
+            files[kind] = [Path(views_dir) / f"{kind}_{i:02d}.png" for i in range(len(imgs))]
+            for arr, f in zip(to_uint8(imgs), files[kind]):
+                Image.fromarray(arr).save(f)
+        ident = cfg.dreambooth.identifier
+        stripped = list(dict.fromkeys(strip_identifier(c, ident) for c in captions))
+        azimuths = [360.0 * i / m.n_views for i in range(m.n_views)]
+        out["views"] = per_view_rows(clips[0], views, stripped, strip_identifier(prompt, ident), azimuths, files)
     return out

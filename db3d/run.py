@@ -85,9 +85,12 @@ def run(cfg: RunConfig) -> dict:
     summary = {"subject": subject.name, "class_noun": subject.class_noun, "prompt": prompt,
                "method": cfg.method.name, "backbone": cfg.backbone.kind, "seed": cfg.seed,
                "seconds": result.seconds, "exports": {k: str(v) for k, v in result.exports.items()},
-               "final": asdict(result.final), "keys": result.keys, "metrics": result.metrics}
+               "final": asdict(result.final), "keys": result.keys,
+               "metrics": {k: v for k, v in result.metrics.items() if k != "views"}}
     atomic_write_json(out / "summary.json", summary)
     write_rows([result_row(cfg, subject.name, subject.class_noun, prompt, result, "ok")], out / "summary.parquet")
+    if result.metrics.get("views"):
+        write_rows(result.metrics["views"], out / "views.parquet")
     print(json.dumps({"out": str(out), "method": cfg.method.name, "prompt": prompt,
                       "seconds": {k: round(v, 2) for k, v in result.seconds.items()}}, indent=1))
     return summary

@@ -199,7 +199,7 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
         from .evaluate import evaluate_nerf
 
         metrics = _timed(ctx, "metrics", evaluate_nerf, cfg, final.field_file, final.latent, bb, images, prompt,
-                         subject.templates, subject.class_noun)
+                         subject.templates, subject.class_noun, None, out / "exports" / "eval_views")
     for name in ("export", "metrics"):
         ctx.keys.pop(name, None)
     return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,

@@ -113,6 +113,9 @@ def test_sweep_writes_rows_and_reuse_cuts_stage_executions(tmp_path):
         assert sorted(df["config.method.lambda_recon"]) == [0.5, 1.0]
         assert all(Path(u).exists() for u in df["uri.turntable_rgb.mp4"])
         assert set(df["metrics.weights"]) == {"random"} and df["metric.r_precision.ViT-B-32.color"].notna().all()
+        views = read_results(out / "views")  # one row per evaluation view and render kind
+        assert len(views) == 2 * 4 * 2 and set(views["render"]) == {"color", "textureless"}
+        assert all(Path(u).exists() for u in views["uri"])
     # DreamBooth (personalisation + multi-view) and stage 1 run once per subject x prompt with reuse
     assert _count(shared, "stage1") == 1 and _count(alone, "stage1") == 2
     assert _count(shared, "dreambooth") == 2 and _count(alone, "dreambooth") == 4

@@ -50,6 +50,9 @@ def test_each_method_end_to_end(method, backbone, subject, tmp_path):
                    "metric.dino.dino_vits16.color"):
         assert column in result.metrics, column
     assert 0.0 <= result.metrics["metric.r_precision.ViT-B-32.color"] <= 1.0
+    views = result.metrics["views"]  # per-view rows, renders saved beside them
+    assert len(views) == 2 * cfg.metrics.n_views and all(Path(v["uri"]).exists() for v in views)
+    assert {v["r_precision_hit"] for v in views} <= {0.0, 1.0}
     for name in EXPORTS:
         assert Path(result.exports[name]).stat().st_size > 0, name
     assert result.final.latent == (method == "latent_nerf")

@@ -33,6 +33,14 @@ def write_trial_row(results: Path, row: dict) -> Path:
     return write_rows([body], trial_file(results, row["method"], row["subject"], row["trial_id"]))
 
 
+def write_view_rows(views_root: Path, row: dict, views: list[dict]) -> Path | None:
+    """The trial's per-view rows (OUT/views/method=/subject=/part-<trial>.parquet), replaced whole."""
+    if not views:
+        return None
+    rows = [{"trial_id": row["trial_id"], "prompt": row["prompt"], "subject_name": row["subject"], **v} for v in views]
+    return write_rows(rows, trial_file(views_root, row["method"], row["subject"], row["trial_id"]))
+
+
 def read_results(results: Path) -> pd.DataFrame:
     """Every trial row (empty frame when nothing has finished)."""
     results = Path(results)

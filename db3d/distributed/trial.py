@@ -19,7 +19,7 @@ from ..artifacts import content_key
 from ..config import compose
 from ..data import resolve_subject
 from ..results import result_row
-from .sink import write_trial_row
+from .sink import write_trial_row, write_view_rows
 from .spec import search_overrides
 
 
@@ -49,6 +49,7 @@ def _method_body(config: dict) -> dict:
     result = run_method(cfg, subject, point["prompt"], out, store=store)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
+    write_view_rows(Path(sweep["out"]) / "views", row, result.metrics.get("views", []))
     return row
 
 
