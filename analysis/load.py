@@ -64,13 +64,18 @@ def parse_metric_column(column: str) -> MetricColumn:
 
 
 def _files(results: Path) -> list[Path]:
-    """Parquet files pyarrow would read: none whose path has a part starting with '.' or '_'."""
-    out = []
-    for f in sorted(results.rglob("*.parquet")):
-        rel = f.relative_to(results).parts
-        if not any(p.startswith((".", "_")) for p in rel):
-            out.append(f)
-    return out
+    """The dataset's files, `method=*/subject=*/*.parquet`, skipping names starting with '.' or '_'
+    (in-progress writes, as pyarrow does)."""
+    return [f for f in sorted(results.glob("method=*/subject=*/*.parquet"))
+            if not any(p.startswith((".", "_")) for p in f.relative_to(results).parts)]
+
+
+def results_folder(path: Path) -> Path:
+    """`path`, or `path/results` when given a sweep's folder (SWEEP_OUT) rather than its dataset."""
+    path = Path(path)
+    if not any(path.glob("method=*")) and (path / "results").is_dir():
+        return path / "results"
+    return path
 
 
 def load_results(results: Path) -> pd.DataFrame:
@@ -88,7 +93,8 @@ def load_results(results: Path) -> pd.DataFrame:
     try:
         fields = [f for f in PARTITIONS if all(f.name not in s.names for s in schemas)]
         schema = pa.unify_schemas([pa.schema(fields)] + schemas, promote_options="permissive")
-        table = ds.dataset(str(results), format="parquet", partitioning=part, schema=schema).to_table()
+        table = ds.dataset([str(f) for f in files], format="parquet", partitioning=part, schema=schema,
+                           partition_base_dir=str(results)).to_table()
         df = table.to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # columns whose types cannot be unified (e.g. a number in one file, a string in another)

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from .load import METRIC_LABELS, metric_columns, ok_rows, parse_metric_column
-from .stats import N_BOOT, SEED, axis_levels, bootstrap_ci, fmt
+from .stats import N_BOOT, SEED, axis_levels, bootstrap_ci
 
 PANEL_W, PANEL_H = 400, 300
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 62, 16, 30, 58
@@ -84,7 +84,7 @@ def _panel(img: Image.Image, x0: int, y0: int, title: str, levels: list[str], se
         y = py(t)
         draw.line([left, y, right, y], fill=(232, 232, 232))
         draw.line([left - 4, y, left, y], fill="black")
-        draw.text((left - 6, y), fmt(t), fill="black", font=small, anchor="rm")
+        draw.text((left - 6, y), f"{t:g}", fill="black", font=small, anchor="rm")
     step = max(1, math.ceil(n / 8))
     for i, lab in enumerate(levels):
         draw.line([px(i), bottom, px(i), bottom + 4], fill="black")

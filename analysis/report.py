@@ -1,6 +1,6 @@
 """`db3d report RESULTS [out=DIR]`: tables, plots and an HTML page from a sweep's Parquet results.
 
-    RESULTS   the hive-partitioned dataset a sweep writes (SWEEP_OUT/results)
+    RESULTS   the hive-partitioned dataset a sweep writes (SWEEP_OUT/results; SWEEP_OUT works too)
     out=DIR   where to write; default: a `report/` folder beside RESULTS (SWEEP_OUT/report), so
               the page's relative links to SWEEP_OUT/trials/*/exports/*.mp4 stay short and the
               sweep folder moves as one piece
@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import html as page_html
-from .load import load_results, metric_columns, ok_rows, random_weight_rows, swept_axes
+from .load import load_results, metric_columns, ok_rows, random_weight_rows, results_folder, swept_axes
 from .plots import plot_all
 from .stats import N_BOOT, SEED
 from .tables import (best_configs, best_grid, best_level_grid, breakdown, failed_table, frame_grid, markdown_doc,
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"db3d report: {err}\n{USAGE}", file=sys.stderr)
         return 2
-    results = Path(opts["results"])
+    results = results_folder(Path(opts["results"]))
     if not results.is_dir():
         print(f"db3d report: no results folder at {results} (a sweep writes SWEEP_OUT/results)\n{USAGE}",
               file=sys.stderr)

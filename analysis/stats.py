@@ -113,8 +113,9 @@ def best_config(rows: pd.DataFrame, metric: str, axes: list[str], lower_is_bette
                 n: int = N_BOOT, seed: int = SEED) -> dict | None:
     """The joint setting of `axes` whose trials have the best mean `metric`.
 
-    Returns {"config": label, "values": {axis: value}, "n", "mean", "ci_lo", "ci_hi", "n_configs"},
-    or None without a finite value. Ties go to the setting with more trials.
+    Returns {"config": label, "values": {axis: value}, "n", "mean", "ci_lo", "ci_hi", "margin", "n_configs"}
+    (margin: how far the best mean is ahead of the runner-up's, in the good direction; nan with one
+    setting), or None without a finite value. Ties go to the setting with more trials.
     """
     rows = rows[np.isfinite(pd.to_numeric(rows[metric], errors="coerce").astype(float))]
     if rows.empty:
@@ -129,9 +130,11 @@ def best_config(rows: pd.DataFrame, metric: str, axes: list[str], lower_is_bette
         m = float(pd.to_numeric(g[metric]).mean())
         stats.append((-m if lower_is_better else m, len(g), g))
     stats.sort(key=lambda s: (s[0], s[1]), reverse=True)
-    _, _, g = stats[0]
+    top, _, g = stats[0]
+    margin = top - stats[1][0] if len(stats) > 1 else math.nan
     values = {a: _plain(g[a].iloc[0]) for a in axes}
-    return {"config": config_label(values), "values": values, **summarize(g[metric], n, seed), "n_configs": len(groups)}
+    return {"config": config_label(values), "values": values, **summarize(g[metric], n, seed), "margin": margin,
+            "n_configs": len(groups)}
 
 
 def best_level(rows: pd.DataFrame, metric: str, axis: str, lower_is_better: bool,

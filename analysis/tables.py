@@ -73,9 +73,11 @@ def paper_grids(long: pd.DataFrame) -> list[Grid]:
         for j, col in enumerate(cols, start=1):
             c = sub[sub["column"] == col]
             if len(methods) > 1 and len(c) > 1:
-                lower = c["better"].iloc[0] == "lower"
-                winner = c.loc[c["mean"].idxmin() if lower else c["mean"].idxmax(), "method"]
-                best.add((methods.index(winner), j))
+                signed = -c["mean"] if c["better"].iloc[0] == "lower" else c["mean"]
+                top = signed.max()
+                winners = c.loc[signed >= top - 1e-9 * max(1.0, abs(top)), "method"]
+                if len(winners) == 1:  # a tie is no win: nothing in bold
+                    best.add((methods.index(winners.iloc[0]), j))
         grids.append(Grid(title, ["method"] + [parse_metric_column(c).label for c in cols], rows, best))
     return grids
 
@@ -126,15 +128,16 @@ def best_configs(df: pd.DataFrame, n_boot: int = N_BOOT, seed: int = SEED) -> tu
             if b is None:
                 continue
             joint.append({**base, "config": b["config"], "n": b["n"], "mean": b["mean"], "ci_lo": b["ci_lo"],
-                          "ci_hi": b["ci_hi"], "n_configs": b["n_configs"], "column": col, **b["values"]})
+                          "ci_hi": b["ci_hi"], "margin": b["margin"], "n_configs": b["n_configs"], "column": col,
+                          **b["values"]})
             for axis in axes:
                 lv = best_level(g, col, axis, m.lower_is_better, n_boot, seed)
                 if lv is not None:
                     marginal.append({**base, "axis": axis.removeprefix("config."), "best_value": lv["level"],
                                      "n": lv["n"], "mean": lv["mean"], "ci_lo": lv["ci_lo"], "ci_hi": lv["ci_hi"],
                                      "n_levels": lv["n_levels"], "column": col})
-    jcols = ["metric", "model", "render", "method", "better", "config", "n", "mean", "ci_lo", "ci_hi", "n_configs",
-             "column"]
+    jcols = ["metric", "model", "render", "method", "better", "config", "n", "mean", "ci_lo", "ci_hi", "margin",
+             "n_configs", "column"]
     mcols = ["metric", "model", "render", "method", "better", "axis", "best_value", "n", "mean", "ci_lo", "ci_hi",
              "n_levels", "column"]
     jf = pd.DataFrame(joint)
@@ -144,10 +147,12 @@ def best_configs(df: pd.DataFrame, n_boot: int = N_BOOT, seed: int = SEED) -> tu
 
 def best_grid(joint: pd.DataFrame) -> Grid:
     rows = [[r.metric, r.model, r.render, r.method, r.better, r.config, fmt_ci(r.mean, r.ci_lo, r.ci_hi), str(r.n),
-             str(r.n_configs)] for r in joint.itertuples(index=False)]
+             fmt(r.margin), str(r.n_configs)] for r in joint.itertuples(index=False)]
     return Grid("Best configuration per metric (all swept axes together)",
-                ["metric", "model", "render", "method", "better", "configuration", "mean [95% CI]", "n", "configs"],
-                rows)
+                ["metric", "model", "render", "method", "better", "configuration", "mean [95% CI]", "n",
+                 "margin over next", "configs"], rows,
+                note="margin: how far the best mean is ahead of the next configuration's (0: a tie; "
+                     "empty: one configuration). With random search each configuration is one trial: read n.")
 
 
 def best_level_grid(marginal: pd.DataFrame) -> Grid:

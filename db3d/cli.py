@@ -3,6 +3,7 @@
     db3d run [key=value ...]       e.g. db3d run subject=PATH prompt="a sks dog sleeping" preset=smoke out=DIR
     db3d sweep sweep=NAME out=DIR  a sweep of sweeps/NAME.yaml on Ray (RAY_ADDRESS, or a local Ray);
                                    [reuse=false] [max_concurrent=N] [trainer=ray_train] [overrides...]
+    db3d metrics RESULTS [metrics.key=value ...]   recompute the metrics of finished runs / trials
     db3d check-data PATH [PATH ...] a subject folder or a dataset root; exit 1 on any problem
     db3d doctor                     versions, devices, optional backends, where weights are looked for
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.sweep import main as sweep_main
 
         return sweep_main(rest)
+    if command == "metrics":
+        from .metrics_cli import main as metrics_main
+
+        return metrics_main(rest)
     if command == "doctor":
         from .doctor import doctor
 

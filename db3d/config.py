@@ -391,6 +391,11 @@ def compose(overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def quote(value: str) -> str:
+    """A string as a quoted Hydra override value (commas, spaces, '=' and quotes survive)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def to_yaml(cfg: RunConfig) -> str:
     from omegaconf import OmegaConf
 

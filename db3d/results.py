@@ -39,6 +39,7 @@ def result_row(cfg: RunConfig, subject: str, class_noun: str, prompt: str, resul
     row.update(subject=subject, class_noun=class_noun, prompt=prompt, method=cfg.method.name,
                backbone=cfg.backbone.kind, seed=cfg.seed, git_revision=git_revision(), status=status, error=error)
     if result is not None:
+        row["out"] = str(result.out)
         row.update({f"seconds.{k}": float(v) for k, v in result.seconds.items()})
         row["seconds.total"] = float(sum(result.seconds.values()))
         row.update({f"uri.{k}": str(v) for k, v in result.exports.items()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,8 +25,9 @@ from .results import result_row, write_rows
 from .stages import run_method
 
 
-def resolve_inputs(cfg: RunConfig) -> tuple[Subject, str]:
-    """The subject and the prompt, validated; nothing is loaded or trained yet."""
+def resolve_inputs(cfg: RunConfig) -> tuple[RunConfig, Subject, str]:
+    """The subject and the prompt, validated; nothing is loaded or trained yet. The returned config
+    names them explicitly (subject folder, class noun, prompt), as it is saved beside the outputs."""
     if cfg.subject:
         subject = resolve_subject(cfg.subject, cfg.data_root or None, cfg.class_noun or None)
     else:  # the embedded default: a generated subject inside the output folder
@@ -34,7 +35,8 @@ def resolve_inputs(cfg: RunConfig) -> tuple[Subject, str]:
         subject = resolve_subject(str(folder), None, cfg.class_noun or SYNTHETIC_CLASS_NOUN)
     prompt = cfg.prompt or instance_prompt(cfg, subject)
     check_prompt(prompt, cfg.dreambooth.identifier)
-    return subject, prompt
+    cfg = replace(cfg, subject=str(subject.path), class_noun=subject.class_noun, prompt=prompt)
+    return cfg, subject, prompt
 
 
 def check_metric_weights(cfg: RunConfig) -> None:
@@ -65,7 +67,7 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     # 1. inputs, validated before any model loads
-    subject, prompt = resolve_inputs(cfg)
+    cfg, subject, prompt = resolve_inputs(cfg)
     check_metric_weights(cfg)  # missing CLIP / DINO weights fail now, not after hours of training
     start = time.perf_counter()
     bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written

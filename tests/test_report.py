@@ -49,7 +49,7 @@ def _base(method: str, subject: str, prompt: str, lam: float, trial_id: str, see
 def build_results(root: Path, weights: str = "pretrained") -> Path:
     """2 methods x 3 subjects x 2 prompts x 2 lambda_recon ok trials with metrics, a failed trial, an ok
     trial without metric columns. R-precision: method mean + (+0.1 at lambda_recon=1, -0.1 at 0.1) + noise;
-    Janus (lower is better): 0.3 + (-0.1 at lambda_recon=0.1, +0.1 at 1)."""
+    Janus and CLIP rank (lower is better) rise with lambda_recon, so their best is 0.1."""
     results = root / "sweep" / "results"
     for method, base in METHODS.items():
         k = 0
@@ -74,8 +74,8 @@ def build_results(root: Path, weights: str = "pretrained") -> Path:
                     row["metric.dino.dino_vits16.color"] = 0.5 + noise
                     row["metric.clip_i.ViT-B-32.color"] = 0.7 + noise
                     row["metric.clip_t.ViT-B-32.color"] = 0.25 + noise
-                    row["metric.janus.ViT-B-32.color"] = 0.3 - effect + noise
-                    row["metric.clip_rank.ViT-B-32.color"] = 1.5 - effect
+                    row["metric.janus.ViT-B-32.color"] = 0.3 + effect + noise
+                    row["metric.clip_rank.ViT-B-32.color"] = 1.5 + effect
                     _write(results, row)
     # a failed trial (sorts first, so the first file lacks most columns) and an ok one without metrics
     failed = _base("dreambooth3d", "cat", PROMPTS[0], 1.0, "000-failed", seed=1)
@@ -85,6 +85,9 @@ def build_results(root: Path, weights: str = "pretrained") -> Path:
     bare.update(status="ok", error="", **{"seconds.total": 5.0})
     _write(results, bare)
     (results / "method=dreambooth3d" / "subject=dog" / ".part-tmp.parquet").write_bytes(b"partial")  # skipped
+    views = root / "sweep" / "views" / "method=dreambooth3d" / "subject=dog"  # per-view rows: not trials
+    views.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"trial_id": ["x"], "view": [0]}), views / "part-x.parquet")
     return results
 
 
@@ -151,6 +154,7 @@ def test_paper_table_means_and_cis(report):
             assert r["weights"] == "pretrained"
     md = (out / "paper_table.md").read_text()
     assert "R-precision ViT-B-32 textureless" in md and "DINO dino_vits16 color" in md and "WARNING" not in md
+    assert "| dreambooth3d | **0.600 [" in md and "**0.500 [0.48" not in md  # best in bold; a tie is not
 
 
 def test_best_config_and_lower_is_better(report):
@@ -160,7 +164,7 @@ def test_best_config_and_lower_is_better(report):
     assert db3.loc["r_precision"].query("model == 'ViT-B-32' and render == 'color'")["config.method.lambda_recon"].item() == 1.0
     rp = db3.loc["r_precision"].query("model == 'ViT-B-32' and render == 'color'")
     assert rp["mean"].item() == pytest.approx(0.7) and rp["n"].item() == 6
-    assert rp["config"].item() == "method.lambda_recon=1"
+    assert rp["config"].item() == "method.lambda_recon=1" and rp["margin"].item() == pytest.approx(0.2)
     assert db3.loc["janus", "config.method.lambda_recon"] == 0.1  # minimised
     assert db3.loc["janus", "mean"] == pytest.approx(0.2)
     assert db3.loc["clip_rank", "config.method.lambda_recon"] == 0.1
@@ -209,7 +213,7 @@ def test_html(report):
 
 def test_random_weights_warning(tmp_path, capsys):
     results = build_results(tmp_path, weights="random")
-    assert main([str(results)]) == 0
+    assert main([str(results.parent)]) == 0  # the sweep's folder: its results/ is read
     out = default_out(results)
     assert out == tmp_path / "sweep" / "report"  # beside the results folder
     page = (out / "report.html").read_text()
@@ -245,3 +249,57 @@ def test_analysis_imports_no_training_code():
     code = ("import sys, analysis.report; bad = [m for m in ('torch', 'ray', 'diffusers', 'db3d', 'matplotlib') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_random_search_single_method_and_string_axis(tmp_path):
+    """One method, lambda_recon drawn log-uniformly (every trial its own value), a string axis, a NaN."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    results = tmp_path / "results"
+    for i in range(30):
+        lam = float(10 ** rng.uniform(-1, 1))
+        row = _base("dreambooth3d", ["dog", "cat"][i % 2], PROMPTS[i % 2], lam, f"t{i:02d}")
+        row.update({"status": "ok", "error": "", "config.method.final_init": ["scratch", "stage1"][i % 2],
+                    "metric.r_precision.ViT-B-32.color": float(np.log10(lam)) if i != 7 else float("nan"),
+                    "metrics.weights": "pretrained"})
+        _write(results, row)
+    out = tmp_path / "rep"
+    assert main([str(results), f"out={out}", "n_boot=200"]) == 0
+    values = pd.read_csv(out / "best_values.csv").set_index("axis")
+    lam = values.loc["method.lambda_recon"]
+    assert lam["n_levels"] == 5 and lam["n"] == 6 and "-" in lam["best_value"]  # quantile bins, the top one
+    assert values.loc["method.final_init", "n_levels"] == 2
+    best = pd.read_csv(out / "best_config.csv").iloc[0]
+    assert best["n"] == 1 and best["n_configs"] == 29  # each random-search setting is one trial
+    assert best["config.method.lambda_recon"] == pytest.approx(10 ** best["mean"])  # the largest lambda wins
+    pngs = [p.name for p in (out / "plots").glob("*.png")]
+    assert pngs == ["method.lambda_recon__r_precision.png"]  # no plot against a string axis
+    with Image.open(out / "plots" / pngs[0]) as im:
+        assert im.format == "PNG" and im.width > 100
+
+
+def test_load_results_unifies_schemas(tmp_path):
+    """Files disagreeing on columns (and on a column's type) still read as one frame."""
+    from analysis.load import load_results
+
+    results = tmp_path / "results"
+    a = _base("m", "dog", PROMPTS[0], 1.0, "a")
+    a.update(status="failed", error="x", **{"config.sds.guidance_scale": "100"})  # a string here
+    b = _base("m", "dog", PROMPTS[0], 1.0, "b")
+    b.update(status="ok", error=None, **{"metric.dino.dino_vits16.color": 0.5})
+    _write(results, a)
+    _write(results, b)
+    df = load_results(results)
+    assert len(df) == 2 and set(df["subject"]) == {"dog"} and set(df["method"]) == {"m"}
+    assert df.set_index("trial_id")["metric.dino.dino_vits16.color"].to_dict() == pytest.approx({"a": np.nan, "b": 0.5},
+                                                                                                   nan_ok=True)
+
+
+def test_parse_metric_column():
+    from analysis.load import parse_metric_column
+
+    m = parse_metric_column("metric.r_precision.ViT-L-14.textureless")
+    assert (m.metric, m.model, m.render, m.lower_is_better) == ("r_precision", "ViT-L-14", "textureless", False)
+    m = parse_metric_column("metric.janus.hf.co.model.color")  # a model name with dots
+    assert (m.metric, m.model, m.render, m.lower_is_better) == ("janus", "hf.co.model", "color", True)

@@ -74,7 +74,8 @@ def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes <= 0 else lo), (1.0 if successes >= n else hi)  # exact at the ends
 
 
 def tally(answers: pd.DataFrame, ties: str = "exclude", reference: str | None = None) -> pd.DataFrame:

@@ -16,9 +16,10 @@ import traceback
 from pathlib import Path
 
 from ..artifacts import content_key
-from ..config import compose
+from ..config import compose, quote
 from ..data import resolve_subject
 from ..results import result_row
+from ..run import save_config
 from .sink import write_trial_row, write_view_rows
 from .spec import search_overrides
 
@@ -40,8 +41,12 @@ def _method_body(config: dict) -> dict:
     point, sweep = config["point"], config["sweep"]
     out = Path(sweep["out"]) / "trials" / trial_id
     store = Path(sweep["out"]) / "artifacts" if sweep.get("reuse", True) else out / "artifacts"
-    cfg = compose(overrides + [f"out={out}", f"cache_dir={Path(sweep['out']) / 'cache'}"])
+    cfg = compose(overrides + [f"out={quote(str(out))}", f"cache_dir={quote(str(Path(sweep['out']) / 'cache'))}",
+                               f"subject={quote(point['subject'])}", f"class_noun={quote(point['class_noun'])}",
+                               f"prompt={quote(point['prompt'])}"])
     subject = resolve_subject(point["subject"], class_noun=point["class_noun"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)  # the resolved config beside the trial's outputs
     marker = os.environ.get("DB3D_TRIAL_PID_DIR")  # tests: where a trial announces its worker PID
     if marker:
         Path(marker).mkdir(parents=True, exist_ok=True)
