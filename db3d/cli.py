@@ -4,6 +4,7 @@
     db3d sweep sweep=NAME out=DIR  a sweep of sweeps/NAME.yaml on Ray (RAY_ADDRESS, or a local Ray);
                                    [reuse=false] [max_concurrent=N] [trainer=ray_train] [overrides...]
     db3d metrics RESULTS [metrics.key=value ...]   recompute the metrics of finished runs / trials
+    db3d report RESULTS [out=DIR]   paper-style tables, plots, best configs and an HTML page
     db3d check-data PATH [PATH ...] a subject folder or a dataset root; exit 1 on any problem
     db3d doctor                     versions, devices, optional backends, where weights are looked for
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from .metrics_cli import main as metrics_main
 
         return metrics_main(rest)
+    if command == "report":
+        from analysis.report import main as report_main
+
+        return report_main(rest)
     if command == "doctor":
         from .doctor import doctor
 
