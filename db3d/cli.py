@@ -5,6 +5,8 @@
                                    [reuse=false] [max_concurrent=N] [trainer=ray_train] [overrides...]
     db3d metrics RESULTS [metrics.key=value ...]   recompute the metrics of finished runs / trials
     db3d report RESULTS [out=DIR]   paper-style tables, plots, best configs and an HTML page
+    db3d study build RESULTS out=DIR raters=N | serve DIR [port=8000] | export DIR
+                                    blind two-alternative forced-choice user study
     db3d check-data PATH [PATH ...] a subject folder or a dataset root; exit 1 on any problem
     db3d doctor                     versions, devices, optional backends, where weights are looked for
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.report import main as report_main
 
         return report_main(rest)
+    if command == "study":
+        from analysis.study import main as study_main
+
+        return study_main(rest)
     if command == "doctor":
         from .doctor import doctor
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -482,6 +481,10 @@ def test_browser_session_survives_a_killed_server(study, tmp_path, monkeypatch):
                 "return Array.from(document.images).every(i => i.complete)"))
             broken = driver.execute_script("return Array.from(document.images).filter(i => !i.naturalWidth).length")
             assert broken == 0, "an image did not load"
+            WebDriverWait(driver, 10).until(lambda d: d.execute_script(  # videos decode (mp4 when ffmpeg made one)
+                "return Array.from(document.querySelectorAll('video')).every(v => v.readyState >= 2 || v.error)"))
+            assert not driver.execute_script(
+                "return Array.from(document.querySelectorAll('video')).some(v => v.error)"), "a video failed to load"
             item = driver.find_element(By.NAME, "item").get_attribute("value")
             choice = "A" if step % 3 else "B"
             button = driver.find_element(By.ID, f"choose-{choice.lower()}")

@@ -215,6 +215,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
                             [(secrets.token_hex(16), r + 1, item, pos, int(rng.random() < 0.5), secrets.token_hex(16))
                              for pos, item in enumerate(ids)])
     con.close()
+    os.chmod(db_tmp, 0o600)  # holds the rater tokens
     os.replace(db_tmp, out / store.DB_NAME)
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

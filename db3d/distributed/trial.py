@@ -54,6 +54,8 @@ def _method_body(config: dict) -> dict:
     result = run_method(cfg, subject, point["prompt"], out, store=store)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
+    gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs this trial holds (fractional allowed)
+    row.update({f"gpu_seconds.{k}": float(v) * gpus for k, v in result.seconds.items()})
     write_view_rows(Path(sweep["out"]) / "views", row, result.metrics.get("views", []))
     return row
 
