@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_dreambooth.py
 	$(BIN)/python benchmarks/bench_nerf.py
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_toyworld.py
 
 clean-venv:
 	rm -rf $(VENV)

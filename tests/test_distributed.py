@@ -213,3 +213,47 @@ def test_trainer_mode_runs_each_trial_in_a_torch_trainer(tmp_path):
     df = read_results(tmp_path / "o" / "results")
     assert len(df) == 1 and df.loc[0, "status"] == "ok"
     assert any((tmp_path / "o" / "ray_train").iterdir())  # the TorchTrainer's run folder
+
+
+def test_results_and_exports_on_an_s3_compatible_server(tmp_path):
+    """out=s3://... against moto's S3 server on 127.0.0.1: rows and exports land in the bucket."""
+    moto_server = Path(sys.executable).with_name("moto_server")
+    if not moto_server.exists():
+        pytest.skip("moto[server] is not installed in this environment")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    server = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        end = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                             aws_secret_access_key="testing").create_bucket(Bucket="db3d")
+                break
+            except Exception:
+                if time.time() > end:
+                    raise
+                time.sleep(0.3)
+        uri = f"s3://db3d/sweeps/mini?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        spec = _mini_sweep(tmp_path, lambdas=(1.0,))
+        proc = _sweep([f"sweep={spec}", f"out={uri}", f"work={tmp_path / 'work'}", "num_cpus=2"], env=creds)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        os.environ.update(creds)
+        try:
+            df = read_results(uri.replace("sweeps/mini", "sweeps/mini/results"))
+        finally:
+            for key in creds:
+                os.environ.pop(key, None)
+        assert len(df) == 1 and df.loc[0, "status"] == "ok"
+        assert df.loc[0, "uri.mesh.glb"].startswith("s3://db3d/sweeps/mini/trials/")
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d")["Contents"]]
+        assert any(k.endswith("exports/turntable_rgb.mp4") for k in keys)
+        assert any(k.startswith("sweeps/mini/results/method=dreambooth3d/") for k in keys)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

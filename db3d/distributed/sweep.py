@@ -17,9 +17,10 @@ from pathlib import Path
 from ..config import ConfigError, compose
 from .sink import read_results
 from .spec import SweepError, expand, load_spec
+from .storage import is_uri, join, work_dir
 
 SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
-              "cpu", "gpu")
+              "cpu", "gpu", "work")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -92,7 +93,11 @@ def run_sweep(argv: list[str]) -> int:
     for key in ("cpu", "gpu"):  # per-trial resources from the command line (fractional GPUs allowed)
         if key in opts:
             spec.resources[key] = float(opts[key])
-    out = Path(opts["out"]).expanduser().resolve()
+    uri = opts["out"] if is_uri(opts["out"]) else ""
+    if uri:  # results to object storage; stages, trials and Tune state in a work folder
+        out = Path(opts.get("work") or work_dir(uri, spec.name)).expanduser().resolve()
+    else:
+        out = Path(opts["out"]).expanduser().resolve()
     points = expand(spec, out, data_root=opts.get("data_root"))
     if not points:
         raise SweepError(f"{spec.path}: the sweep has no trials")
@@ -103,9 +108,12 @@ def run_sweep(argv: list[str]) -> int:
     reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
     sweep = {"name": spec.name, "out": str(out), "reuse": reuse, "overrides": overrides,
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
-             "max_failures": int(opts.get("max_failures", 1))}
+             "max_failures": int(opts.get("max_failures", 1)),
+             "results": join(uri, "results") if uri else "", "views": join(uri, "views") if uri else "",
+             "publish": join(uri, "trials") if uri else ""}
     n_trials = len(points) * max(1, spec.num_samples)
-    print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {out} (reuse={'on' if reuse else 'off'})", flush=True)
+    print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
+          f"{', work folder ' + str(out) if uri else ''})", flush=True)
 
     # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray
     if not ray.is_initialized():
@@ -139,9 +147,10 @@ def run_sweep(argv: list[str]) -> int:
     tuner.fit()
 
     # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
-    df = read_results(out / "results")
+    results = sweep["results"] or out / "results"
+    df = read_results(results)
     ok = int((df["status"] == "ok").sum()) if len(df) else 0
-    print(f"[db3d sweep] finished: {ok}/{n_trials} trials ok, {len(df) - ok} failed; results in {out / 'results'}")
+    print(f"[db3d sweep] finished: {ok}/{n_trials} trials ok, {len(df) - ok} failed; results in {results}")
     if len(df):
         cols = [c for c in ("method", "subject", "prompt", "config.method.lambda_recon", "status", "seconds.total")
                 if c in df.columns]

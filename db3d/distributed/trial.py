@@ -22,6 +22,7 @@ from ..results import result_row
 from ..run import save_config
 from .sink import write_trial_row, write_view_rows
 from .spec import search_overrides
+from .storage import join, upload_dir
 
 
 def trial_config(config: dict) -> tuple[list[str], str]:
@@ -31,6 +32,11 @@ def trial_config(config: dict) -> tuple[list[str], str]:
     overrides = list(point["overrides"]) + list(sweep.get("overrides", [])) + extra
     trial_id = point["id"] if not extra else content_key(point["id"], extra)
     return overrides, trial_id
+
+
+def _results_root(sweep: dict):
+    """OUT/results, or the results URI when the sweep publishes to object storage."""
+    return sweep.get("results") or Path(sweep["out"]) / "results"
 
 
 def _method_body(config: dict) -> dict:
@@ -56,7 +62,12 @@ def _method_body(config: dict) -> dict:
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
     gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs this trial holds (fractional allowed)
     row.update({f"gpu_seconds.{k}": float(v) * gpus for k, v in result.seconds.items()})
-    write_view_rows(Path(sweep["out"]) / "views", row, result.metrics.get("views", []))
+    views = result.metrics.get("views", [])
+    if sweep.get("publish"):  # results go to a URI: upload the exports, point the row at them
+        uploaded = upload_dir(out / "exports", join(sweep["publish"], trial_id, "exports"))
+        row.update({f"uri.{name}": uri for name, uri in uploaded.items() if f"uri.{name}" in row})
+        views = [{**v, "uri": uploaded.get(f"eval_views/{Path(v['uri']).name}", v["uri"])} for v in views]
+    write_view_rows(sweep.get("views") or Path(sweep["out"]) / "views", row, views)
     return row
 
 
@@ -68,7 +79,7 @@ def _train_loop(config: dict) -> None:
     row = _method_body(config) if ray.train.get_context().get_world_rank() == 0 else {}
     ray.train.report({"seconds_total": float(row.get("seconds.total", 0.0))})
     if row:
-        write_trial_row(Path(config["sweep"]["out"]) / "results", row)
+        write_trial_row(_results_root(config["sweep"]), row)
 
 
 def run_trial(config: dict) -> None:
@@ -78,7 +89,7 @@ def run_trial(config: dict) -> None:
     os.environ["DB3D_QUIET"] = "1"  # the driver shows sweep progress; no bars from workers
     overrides, trial_id = trial_config(config)
     point, sweep = config["point"], config["sweep"]
-    results = Path(sweep["out"]) / "results"
+    results = _results_root(sweep)
     try:
         if sweep.get("trainer", "inline") == "ray_train":
             _run_in_trainer(config, trial_id)
