@@ -22,7 +22,7 @@ from pathlib import Path
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 SWEEP = """name: bench
-overrides: [preset=smoke]
+overrides: [preset=smoke, metrics.enabled=false]
 subjects: {{generated: 1}}
 prompts: ["a {{0}} {{1}}", "a {{0}} {{1}} on a wooden table"]
 grid:
@@ -64,7 +64,8 @@ def main() -> None:
         # 2. one trial directly and through Ray
         one = tmp / "one.yaml"
         one.write_text(SWEEP.format(lambdas="1.0", concurrent=1).replace(', "a {0} {1} on a wooden table"', ""))
-        direct = timed(db3d + ["run", "preset=smoke", f"out={tmp / 'direct'}", f"cache_dir={tmp / 'c1'}"])
+        direct = timed(db3d + ["run", "preset=smoke", "metrics.enabled=false", f"out={tmp / 'direct'}",
+                               f"cache_dir={tmp / 'c1'}"])
         swept = timed(db3d + ["sweep", f"sweep={one}", f"out={tmp / 'swept'}", f"num_cpus={args.num_cpus}"])
         print(f"one trial: db3d run {direct:.1f} s, as a one-trial sweep {swept:.1f} s "
               f"(Ray start + Tune overhead {swept - direct:.1f} s; both include process start)")
