@@ -28,6 +28,8 @@ from .stages import run_method
 def resolve_inputs(cfg: RunConfig) -> tuple[RunConfig, Subject, str]:
     """The subject and the prompt, validated; nothing is loaded or trained yet. The returned config
     names them explicitly (subject folder, class noun, prompt), as it is saved beside the outputs."""
+    if cfg.prompt:  # before anything is generated or written
+        check_prompt(cfg.prompt, cfg.dreambooth.identifier)
     if cfg.subject:
         subject = resolve_subject(cfg.subject, cfg.data_root or None, cfg.class_noun or None)
     else:  # the embedded default: a generated subject inside the output folder
@@ -67,8 +69,8 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     # 1. inputs, validated before any model loads
-    cfg, subject, prompt = resolve_inputs(cfg)
     check_metric_weights(cfg)  # missing CLIP / DINO weights fail now, not after hours of training
+    cfg, subject, prompt = resolve_inputs(cfg)
     start = time.perf_counter()
     bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written
     backbone_seconds = time.perf_counter() - start

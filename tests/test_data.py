@@ -1,7 +1,6 @@
 """Tests for db3d/data.py: the dataset table, subject validation, image decoding, prompts."""
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,6 @@ import json
 import math
 import struct
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import imageio.v2 as imageio

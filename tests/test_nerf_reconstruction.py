@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from db3d.cameras import generate_rays, orbit_cameras, sample_random_cameras
-from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField
-from db3d.nerf.losses import reconstruction_loss
-from db3d.nerf.render import render_rays, render_views
+from db3d.cameras import orbit_cameras, sample_random_cameras
+from db3d.nerf.field import FieldOutputs
+from db3d.nerf.render import render_views
+from nerf_fit import fit, psnr
 
 RES = 64  # the paper's render size
 N_SAMPLES = 32  # samples per ray, training and held-out renders alike
@@ -57,10 +57,6 @@ class SoftSpheres(nn.Module):
         return WHITE.expand(directions.shape[0], 3)
 
 
-def psnr(a: Tensor, b: Tensor) -> float:
-    return float(-10.0 * torch.log10(((a - b) ** 2).mean()))
-
-
 def make_views():
     """20 random training cameras and 4 held-out orbit cameras (other azimuths and elevation)."""
     gen = torch.Generator().manual_seed(0)
@@ -75,43 +71,11 @@ def make_views():
     return train, test, gt_train, gt_test
 
 
-def fit(train, gt_train: Tensor, steps: int = STEPS, seed: int = 0) -> NeRFField:
-    """Fit a small NeRFField to the training views with the reconstruction loss alone."""
-    torch.manual_seed(seed)
-    # 1. a small hash grid (10 levels, 2^15 rows, finest resolution 160) and a 1-layer MLP;
-    #    no density blob (nothing to bootstrap), the scene's fixed white background
-    cfg = FieldConfig(n_levels=10, log2_hashmap_size=15, base_resolution=8, max_resolution=160,
-                      hidden_dim=32, n_hidden_layers=1, density_blob_scale=0.0,
-                      background="fixed")
-    field = NeRFField(cfg)
-    # 2. every training pixel's ray and colour
-    origins, dirs = generate_rays(train)  # (V, H, W, 3) each
-    origins, dirs, target = origins.reshape(-1, 3), dirs.reshape(-1, 3), gt_train.reshape(-1, 3)
-    # 3. Instant-NGP-style Adam: larger rate for the table, exponential decay to 1/10
-    opt = torch.optim.Adam([
-        {"params": field.encoding.parameters(), "lr": 3e-2},
-        {"params": field.mlp.parameters(), "lr": 1e-2, "weight_decay": 1e-6},
-    ], betas=(0.9, 0.99), eps=1e-15)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (s / steps))
-    gen = torch.Generator().manual_seed(seed)
-    # 4. random rays, jittered samples, albedo-only renders, L2 reconstruction loss
-    for _ in range(steps):
-        idx = torch.randint(0, origins.shape[0], (BATCH_RAYS,), generator=gen)
-        out = render_rays(field, origins[idx], dirs[idx], n_samples=N_SAMPLES, jitter=True,
-                          shading="albedo", background=WHITE, generator=gen)
-        loss = reconstruction_loss(out.rgb, target[idx], p=2.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return field
-
-
 def test_nerf_fits_known_views():
     t0 = time.time()
     train, test, gt_train, gt_test = make_views()
     t1 = time.time()
-    field = fit(train, gt_train)
+    field = fit(train, gt_train, STEPS, BATCH_RAYS, N_SAMPLES)
     t2 = time.time()
     pred = render_views(field, test, n_samples=N_SAMPLES, background=WHITE).rgb
     score = psnr(pred, gt_test)

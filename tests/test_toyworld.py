@@ -11,13 +11,13 @@ import math
 import random
 import time
 
+from nerf_fit import fit
+
 import pytest
 import torch
 
-from db3d.cameras import generate_rays, orbit_cameras, sample_random_cameras
-from db3d.nerf.field import FieldConfig, NeRFField
-from db3d.nerf.losses import reconstruction_loss
-from db3d.nerf.render import render_rays, render_views
+from db3d.cameras import orbit_cameras, sample_random_cameras
+from db3d.nerf.render import render_views
 from db3d.toyworld import (
     COLOUR_RGB,
     KINDS,
@@ -210,29 +210,8 @@ def test_nerf_fits_toyworld_renders(world):
     gt_train = render_object(obj, train, supersample=2).rgb
     gt_test = render_object(obj, test, supersample=2).rgb
     t1 = time.time()
-    # 2. the small field and Instant-NGP-style Adam of that recipe
-    torch.manual_seed(0)
-    cfg = FieldConfig(n_levels=10, log2_hashmap_size=15, base_resolution=8, max_resolution=160,
-                      hidden_dim=32, n_hidden_layers=1, density_blob_scale=0.0,
-                      background="fixed")
-    field = NeRFField(cfg)
-    origins, dirs = generate_rays(train)
-    origins, dirs, target = origins.reshape(-1, 3), dirs.reshape(-1, 3), gt_train.reshape(-1, 3)
-    opt = torch.optim.Adam([
-        {"params": field.encoding.parameters(), "lr": 3e-2},
-        {"params": field.mlp.parameters(), "lr": 1e-2, "weight_decay": 1e-6},
-    ], betas=(0.9, 0.99), eps=1e-15)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (s / steps))
-    # 3. random rays, albedo-only renders, the reconstruction loss alone
-    for _ in range(steps):
-        idx = torch.randint(0, origins.shape[0], (batch_rays,), generator=gen)
-        out = render_rays(field, origins[idx], dirs[idx], n_samples=n_samples, jitter=True,
-                          shading="albedo", background=WHITE, generator=gen)
-        loss = reconstruction_loss(out.rgb, target[idx], p=2.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    # 2.-3. the small field, Instant-NGP-style Adam, random rays, the reconstruction loss alone
+    field = fit(train, gt_train, steps, batch_rays, n_samples)
     t2 = time.time()
     pred = render_views(field, test, n_samples=n_samples, background=WHITE).rgb
     score, blank = psnr(pred, gt_test), psnr(torch.ones_like(gt_test), gt_test)

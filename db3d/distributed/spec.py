@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..artifacts import content_key
-from ..data import DataError, find_dataset_root, read_dataset_table, resolve_subject
+from ..data import DataError, read_dataset_table, resolve_subject
 from ..synthetic import SYNTHETIC_CLASS_NOUN, make_synthetic_subject
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
