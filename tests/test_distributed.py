@@ -94,6 +94,36 @@ def test_sink_replaces_a_trials_row_and_reads_with_pandas_pyarrow_duckdb(tmp_pat
     assert n == 2
 
 
+def test_optuna_needs_a_metric_and_a_space(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsearch_alg: optuna\nsearch: {method.lambda_sds: {uniform: [0.5, 1]}}\n")
+    with pytest.raises(SweepError, match="metric"):
+        load_spec(str(bad))
+
+
+def test_optuna_search_runs_per_grid_cell(tmp_path):
+    spec = tmp_path / "opt.yaml"
+    spec.write_text("""name: opt
+overrides: [preset=smoke, metrics.enabled=false]
+subjects: {generated: 1}
+prompts: ["a {0} {1}"]
+grid:
+  method: [dreambooth_fusion]
+search:
+  method.lambda_sds: {uniform: [0.5, 1.0]}
+search_alg: optuna
+metric: seconds.total
+mode: min
+num_samples: 2
+resources: {cpu: 1, gpu: 0}
+""")
+    proc = _sweep([f"sweep={spec}", f"out={tmp_path / 'o'}", "num_cpus=2"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = read_results(tmp_path / "o" / "results")
+    assert len(df) == 2 and set(df["status"]) == {"ok"} and df["trial_id"].is_unique
+    assert df["config.method.lambda_sds"].between(0.5, 1.0).all() and df["config.method.lambda_sds"].nunique() == 2
+
+
 def test_sweep_rejects_bad_input_before_ray_starts(tmp_path):
     proc = _sweep([f"sweep={_mini_sweep(tmp_path)}", f"out={tmp_path / 'o'}", "pseudo.t_pseudo=2"], timeout=60)
     assert proc.returncode == 2 and "pseudo.t_pseudo" in proc.stderr and "Traceback" not in proc.stderr

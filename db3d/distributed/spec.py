@@ -45,6 +45,11 @@ class SweepSpec:
     num_samples: int = 1
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int = 0
+    search_alg: str = "random"
+    """random (Tune's BasicVariantGenerator) or optuna (one OptunaSearch per grid cell)."""
+    metric: str = ""
+    """The row column a searcher optimises, e.g. metric.r_precision.ViT-B-32.color."""
+    mode: str = "max"
     path: str = ""
 
 
@@ -76,6 +81,10 @@ def load_spec(name_or_path: str) -> SweepSpec:
     for key, space in spec.search.items():
         if not isinstance(space, dict) or len(space) != 1 or next(iter(space)) not in SEARCH_KINDS:
             raise SweepError(f"{path}: search.{key}={space!r}: must be one of {{{' | '.join(SEARCH_KINDS)}: ...}}")
+    if spec.search_alg not in ("random", "optuna"):
+        raise SweepError(f"{path}: search_alg={spec.search_alg!r}: must be random or optuna")
+    if spec.search_alg == "optuna" and (not spec.metric or not spec.search or spec.mode not in ("min", "max")):
+        raise SweepError(f"{path}: search_alg=optuna needs metric:, mode: min|max and a search: space")
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: grid.{key} must be a non-empty list")

@@ -42,8 +42,11 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
 def _param_space(spec, points, sweep: dict) -> dict:
     from ray import tune
 
-    space = {"point": tune.grid_search([p.__dict__ | {"overrides": list(p.overrides)} for p in points]),
-             "sweep": sweep}
+    if len(points) == 1:  # one point (an Optuna cell): a plain value, no grid_search
+        space = {"point": points[0].__dict__ | {"overrides": list(points[0].overrides)}, "sweep": sweep}
+    else:
+        space = {"point": tune.grid_search([p.__dict__ | {"overrides": list(p.overrides)} for p in points]),
+                 "sweep": sweep}
     if spec.search:
         kinds = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
         space["search"] = {k: (tune.choice(v["choice"]) if "choice" in v else kinds[next(iter(v))](*next(iter(v.values()))))
@@ -79,6 +82,31 @@ class _Progress:
         eta = elapsed / done * (self.total - done - failed) if done else float("nan")
         print(f"[db3d sweep] {done}/{self.total} done, {running} running, {failed} failed, "
               f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", flush=True)
+
+
+def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: str, opts: dict, progress) -> None:
+    path = storage / name
+    space = _param_space(spec, points, sweep)
+    if tune.Tuner.can_restore(str(path)):
+        print(f"[db3d sweep] resuming the sweep found at {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, param_space=space)
+    else:
+        search_alg = None
+        if spec.search_alg == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=0)
+        concurrent = int(opts.get("max_concurrent", spec.max_concurrent)) or None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples), search_alg=search_alg,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[progress.callback],
+                                      failure_config=tune.FailureConfig(max_failures=int(opts.get("max_failures", 1))),
+                                      verbose=0),
+        )
+    tuner.fit()
 
 
 def run_sweep(argv: list[str]) -> int:
@@ -123,28 +151,17 @@ def run_sweep(argv: list[str]) -> int:
             ray.init(address="local", num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None,
                      include_dashboard=False)
 
-    # 4. the Tuner; resume an interrupted run of the same sweep
+    # 4. the Tuner (one per grid point with Optuna, which cannot take grid_search); resume an
+    #    interrupted run of the same sweep
     trial_resources = {k: v for k, v in spec.resources.items() if v}
     if sweep["trainer"] == "ray_train":  # the TorchTrainer's worker takes the GPU, the trial a CPU
         trial_resources = {"cpu": 1}
     trainable = tune.with_resources(run_trial, trial_resources)
-    path = out / "ray" / spec.name
     progress = _Progress(n_trials)
-    if tune.Tuner.can_restore(str(path)):
-        print(f"[db3d sweep] resuming the sweep found at {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True,
-                                   param_space=_param_space(spec, points, sweep))
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(spec, points, sweep),
-            tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples),
-                                        max_concurrent_trials=int(opts.get("max_concurrent", spec.max_concurrent)) or None),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(out / "ray"), callbacks=[progress.callback],
-                                      failure_config=tune.FailureConfig(max_failures=int(opts.get("max_failures", 1))),
-                                      verbose=0),
-        )
-    tuner.fit()
+    groups = [(spec.name, points)] if spec.search_alg == "random" else \
+        [(f"{spec.name}-{p.id}", [p]) for p in points]
+    for name, group in groups:
+        _fit_one(tune, trainable, spec, group, sweep, out / "ray", name, opts, progress)
 
     # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
     results = sweep["results"] or out / "results"

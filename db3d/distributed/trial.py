@@ -77,9 +77,10 @@ def _train_loop(config: dict) -> None:
 
     os.environ["DB3D_QUIET"] = "1"
     row = _method_body(config) if ray.train.get_context().get_world_rank() == 0 else {}
-    ray.train.report({"seconds_total": float(row.get("seconds.total", 0.0))})
     if row:
         write_trial_row(_results_root(config["sweep"]), row)
+    ray.train.report({k: float(v) for k, v in row.items()
+                      if k.startswith(("metric.", "seconds.")) and isinstance(v, (int, float)) and v == v})
 
 
 def run_trial(config: dict) -> None:
@@ -92,9 +93,10 @@ def run_trial(config: dict) -> None:
     results = _results_root(sweep)
     try:
         if sweep.get("trainer", "inline") == "ray_train":
-            _run_in_trainer(config, trial_id)
+            row = _run_in_trainer(config, trial_id)
         else:
-            write_trial_row(results, _method_body(config))
+            row = _method_body(config)
+            write_trial_row(results, row)
     except Exception as err:
         # the failed row names the error; a successful retry replaces it (same trial id)
         cfg = compose(overrides)
@@ -103,10 +105,13 @@ def run_trial(config: dict) -> None:
         row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
         write_trial_row(results, row)
         raise
-    tune.report({"done": 1, "trial_id": trial_id})
+    # the trial's numbers to Tune (searchers such as Optuna optimise one of them)
+    numbers = {k: float(v) for k, v in row.items()
+               if k.startswith(("metric.", "seconds.")) and isinstance(v, (int, float)) and v == v}
+    tune.report({"done": 1, "trial_id": trial_id, **numbers})
 
 
-def _run_in_trainer(config: dict, trial_id: str) -> None:
+def _run_in_trainer(config: dict, trial_id: str) -> dict:
     """The method as a one-worker TorchTrainer (GPU when the sweep asks for one)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -122,4 +127,5 @@ def _run_in_trainer(config: dict, trial_id: str) -> None:
         run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(sweep["out"]) / "ray_train"),
                              failure_config=FailureConfig(max_failures=int(sweep.get("max_failures", 1)))),
     )
-    trainer.fit()
+    result = trainer.fit()
+    return dict(result.metrics or {})
