@@ -82,8 +82,12 @@ def fit_nerf(
     latent_channels: int = 0,
     init: NerfCheckpoint | None = None,
     desc: str = "NeRF",
+    on_progress=None,
 ) -> NerfCheckpoint:
-    """Optimise a NeRF; return its checkpoint (written under out_dir, which resumes a rerun)."""
+    """Optimise a NeRF; return its checkpoint (written under out_dir, which resumes a rerun).
+
+    on_progress(step, {loss name: value}) runs every `checkpoint_every` steps (sweeps report it to
+    Tune, whose ASHA scheduler may stop the trial early)."""
     out_dir = Path(out_dir)
     done = read_done(out_dir, NerfCheckpoint)
     if done is not None:
@@ -165,6 +169,8 @@ def fit_nerf(
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if step < steps and nerf.checkpoint_every and step % nerf.checkpoint_every == 0:
             _save_state(state_path, step, field, optimizer, gen)
+        if on_progress is not None and nerf.checkpoint_every and step % nerf.checkpoint_every == 0:
+            on_progress(step, {k: float(v.item()) for k, v in losses.items()})
     bar.close()
 
     # 7. the fitted field, then the marker that says so

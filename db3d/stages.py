@@ -42,6 +42,7 @@ class Context:
     images: torch.Tensor  # (N, 3, R, R) subject photos in [0, 1] at the backbone's resolution
     prompt: str
     store: Path  # artifact root
+    on_progress: object = None  # (step, losses) of the method's last NeRF stage, for early stopping
     seconds: dict = field(default_factory=dict)  # stage -> wall time of this run
     keys: dict = field(default_factory=dict)  # stage -> artifact key
 
@@ -82,7 +83,8 @@ def _sds_nerf(ctx: Context, stage: str, ckpt: DreamBoothCheckpoint, lambda_sds: 
     channels = bb.model_channels if latent else 0
     res = bb.model_resolution if latent else cfg.render.resolution
     return _locked(ctx.store / stage / key, fit_nerf, key, cfg.nerf, res, cfg.nerf.steps, cfg.seed, bb.device,
-                   sds=term, lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage)
+                   sds=term, lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage,
+                   on_progress=None if stage == "stage1" else ctx.on_progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +138,8 @@ def final_nerf(ctx: Context, d_multi: DreamBoothCheckpoint, pseudo: PseudoViews,
     recon = ReconTerm(views, cams, weight=m.lambda_recon, p=m.recon_norm_p, views_per_step=m.recon_views_per_step)
     sds = _sds_term(ctx, bb) if m.lambda_sds > 0 else None
     return _locked(ctx.store / "final" / key, fit_nerf, key, cfg.nerf, cfg.render.resolution, cfg.nerf.steps,
-                   cfg.seed, bb.device, sds=sds, recon=recon, lambda_nerf=m.lambda_nerf, init=init, desc="final NeRF")
+                   cfg.seed, bb.device, sds=sds, recon=recon, lambda_nerf=m.lambda_nerf, init=init, desc="final NeRF",
+                   on_progress=ctx.on_progress)
 
 
 def stage3(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews,
@@ -176,7 +179,7 @@ def run_stages(ctx: Context) -> NerfCheckpoint:
 
 # ---------------------------------------------------------------------------------------------
 def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,
-               store: Path | None = None) -> RunResult:
+               store: Path | None = None, on_progress=None) -> RunResult:
     """One subject x prompt x method: every stage (resuming what is done), then the exports.
 
     `store` is the artifact root (default out/artifacts); sweeps share one across trials.
@@ -189,7 +192,7 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
     start = time.perf_counter()
     bb = bb if bb is not None else build_backbone(cfg.backbone)
     images, _ = load_subject_images(subject, cfg.backbone.resolution)
-    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt,
+    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt, on_progress=on_progress,
                   store=Path(store) if store is not None else out / "artifacts")
     ctx.seconds["load"] = time.perf_counter() - start
     final = run_stages(ctx)

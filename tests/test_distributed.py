@@ -287,3 +287,28 @@ def test_results_and_exports_on_an_s3_compatible_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_asha_stops_trials_whose_nerf_loss_lags(tmp_path):
+    spec = tmp_path / "asha.yaml"
+    spec.write_text("""name: asha
+overrides: [preset=smoke, metrics.enabled=false, nerf.steps=8, nerf.checkpoint_every=2]
+subjects: {generated: 1}
+prompts: ["a {0} {1}"]
+grid:
+  method: [dreambooth3d]
+  method.lambda_sds: [0.01, 5.0, 10.0, 20.0]
+scheduler:
+  asha: {grace_period: 1, max_t: 100, reduction_factor: 2}
+resources: {cpu: 1, gpu: 0}
+max_concurrent: 1
+""")
+    proc = _sweep([f"sweep={spec}", f"out={tmp_path / 'o'}", "num_cpus=2"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = read_results(tmp_path / "o" / "results")
+    assert len(df) == 4 and df["trial_id"].is_unique  # one row per trial, stopped ones included
+    assert set(df["status"]) <= {"ok", "stopped"} and (df["status"] == "stopped").any()
+    # same seed, same draws: the final NeRF's loss scales with lambda_SDS, so the smallest weight
+    # has the smallest loss at every rung and is never stopped
+    best = df.loc[df["config.method.lambda_sds"].idxmin()]
+    assert best["status"] == "ok"

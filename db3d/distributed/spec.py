@@ -50,6 +50,9 @@ class SweepSpec:
     metric: str = ""
     """The row column a searcher optimises, e.g. metric.r_precision.ViT-B-32.color."""
     mode: str = "max"
+    scheduler: dict = field(default_factory=dict)
+    """{asha: {grace_period: 1, max_t: 100, reduction_factor: 2}}: ASHA early stopping on `nerf_loss`
+    (the last NeRF stage's total loss, reported every nerf.checkpoint_every steps; lower is better)."""
     path: str = ""
 
 
@@ -85,6 +88,8 @@ def load_spec(name_or_path: str) -> SweepSpec:
         raise SweepError(f"{path}: search_alg={spec.search_alg!r}: must be random or optuna")
     if spec.search_alg == "optuna" and (not spec.metric or not spec.search or spec.mode not in ("min", "max")):
         raise SweepError(f"{path}: search_alg=optuna needs metric:, mode: min|max and a search: space")
+    if spec.scheduler and set(spec.scheduler) != {"asha"}:
+        raise SweepError(f"{path}: scheduler={spec.scheduler!r}: only {{asha: {{...}}}} is supported")
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: grid.{key} must be a non-empty list")

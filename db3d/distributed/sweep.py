@@ -96,17 +96,53 @@ def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: st
             from ray.tune.search.optuna import OptunaSearch
 
             search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=0)
+        scheduler, metric, mode = None, None, None
+        if spec.scheduler:
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", **spec.scheduler["asha"])
+            metric, mode = "nerf_loss", "min"
+        elif search_alg is None and spec.metric:
+            metric, mode = spec.metric, spec.mode
         concurrent = int(opts.get("max_concurrent", spec.max_concurrent)) or None
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples), search_alg=search_alg,
+                                        scheduler=scheduler, metric=metric, mode=mode,
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[progress.callback],
                                       failure_config=tune.FailureConfig(max_failures=int(opts.get("max_failures", 1))),
                                       verbose=0),
         )
-    tuner.fit()
+    grid = tuner.fit()
+    _record_stopped(grid, sweep)
+
+
+def _record_stopped(grid, sweep: dict) -> None:
+    """Trials that ended without a row (stopped early by the scheduler): a `stopped` row each."""
+    from ..config import compose
+    from ..results import result_row
+    from .sink import trial_file, write_trial_row
+    from .trial import trial_config
+
+    results = sweep["results"] or Path(sweep["out"]) / "results"
+    for res in grid:
+        if res.config is None or "point" not in res.config:
+            continue
+        overrides, trial_id = trial_config(res.config)
+        point = res.config["point"]
+        target = trial_file(results, compose(overrides).method.name, point["subject_name"], trial_id)
+        if isinstance(target, Path) and target.exists():
+            continue
+        if not isinstance(target, Path) and trial_id in set(read_results(results).get("trial_id", [])):
+            continue
+        status, error = ("failed", str(res.error)) if res.error else ("stopped", "stopped early by the scheduler")
+        row = result_row(compose(overrides), point["subject_name"], point["class_noun"], point["prompt"], None,
+                         status, error)
+        row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
+        row.update({k: float(v) for k, v in (res.metrics or {}).items() if k in ("nerf_loss", "nerf_step")})
+        write_trial_row(results, row)
 
 
 def run_sweep(argv: list[str]) -> int:
@@ -138,7 +174,7 @@ def run_sweep(argv: list[str]) -> int:
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
              "max_failures": int(opts.get("max_failures", 1)),
              "results": join(uri, "results") if uri else "", "views": join(uri, "views") if uri else "",
-             "publish": join(uri, "trials") if uri else ""}
+             "publish": join(uri, "trials") if uri else "", "scheduler": bool(spec.scheduler)}
     n_trials = len(points) * max(1, spec.num_samples)
     print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
           f"{', work folder ' + str(out) if uri else ''})", flush=True)
@@ -158,6 +194,8 @@ def run_sweep(argv: list[str]) -> int:
         trial_resources = {"cpu": 1}
     trainable = tune.with_resources(run_trial, trial_resources)
     progress = _Progress(n_trials)
+    # a trial whose last NeRF stage was already computed (reuse) reports no intermediate loss
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     groups = [(spec.name, points)] if spec.search_alg == "random" else \
         [(f"{spec.name}-{p.id}", [p]) for p in points]
     for name, group in groups:
@@ -166,13 +204,16 @@ def run_sweep(argv: list[str]) -> int:
     # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
     results = sweep["results"] or out / "results"
     df = read_results(results)
-    ok = int((df["status"] == "ok").sum()) if len(df) else 0
-    print(f"[db3d sweep] finished: {ok}/{n_trials} trials ok, {len(df) - ok} failed; results in {results}")
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    ok, stopped, failed = (int(counts.get(k, 0)) for k in ("ok", "stopped", "failed"))
+    print(f"[db3d sweep] finished: {ok}/{n_trials} trials ok, {stopped} stopped early, {failed} failed; "
+          f"results in {results}")
     if len(df):
-        cols = [c for c in ("method", "subject", "prompt", "config.method.lambda_recon", "status", "seconds.total")
-                if c in df.columns]
+        swept = [c for c in df.columns if c.startswith("config.") and df[c].astype(str).nunique() > 1
+                 and c not in ("config.out", "config.subject", "config.prompt", "config.class_noun")]
+        cols = [c for c in ("method", "subject", "prompt", *swept, "status", "seconds.total") if c in df.columns]
         print(df[cols].to_string(index=False, max_rows=40))
-    return 0 if ok == n_trials else 1
+    return 0 if failed == 0 and ok + stopped == n_trials else 1
 
 
 def main(argv: list[str]) -> int:

@@ -57,7 +57,15 @@ def _method_body(config: dict) -> dict:
     if marker:
         Path(marker).mkdir(parents=True, exist_ok=True)
         (Path(marker) / f"{trial_id}.pid").write_text(str(os.getpid()))
-    result = run_method(cfg, subject, point["prompt"], out, store=store)
+    on_progress, last = None, {}
+    if sweep.get("scheduler"):  # early stopping reads the last NeRF stage's loss as it falls
+        from ray import tune
+
+        def on_progress(step: int, losses: dict) -> None:
+            last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)
+            tune.report(dict(last))
+
+    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=on_progress)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
     gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs this trial holds (fractional allowed)
@@ -68,6 +76,7 @@ def _method_body(config: dict) -> dict:
         row.update({f"uri.{name}": uri for name, uri in uploaded.items() if f"uri.{name}" in row})
         views = [{**v, "uri": uploaded.get(f"eval_views/{Path(v['uri']).name}", v["uri"])} for v in views]
     write_view_rows(sweep.get("views") or Path(sweep["out"]) / "views", row, views)
+    row.update(last)  # the final report carries the scheduler's metric too
     return row
 
 
@@ -107,7 +116,7 @@ def run_trial(config: dict) -> None:
         raise
     # the trial's numbers to Tune (searchers such as Optuna optimise one of them)
     numbers = {k: float(v) for k, v in row.items()
-               if k.startswith(("metric.", "seconds.")) and isinstance(v, (int, float)) and v == v}
+               if k.startswith(("metric.", "seconds.", "nerf_")) and isinstance(v, (int, float)) and v == v}
     tune.report({"done": 1, "trial_id": trial_id, **numbers})
 
 
