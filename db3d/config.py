@@ -183,8 +183,8 @@ class MetricsConfig:
     resolution: int = 128
     """Render side of the evaluation views (resized to each model's input)."""
     captions: str = ""
-    """A text file of candidate captions for R-precision (e.g. 153 COCO captions); empty: the
-    subject's prompt templates plus the run's prompt."""
+    """A text file of candidate captions for R-precision (e.g. 153 COCO captions); a sweep writes
+    its own prompt set there (DreamFusion's protocol); empty: the subject's prompt templates."""
 
 
 @dataclass

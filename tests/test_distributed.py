@@ -67,6 +67,17 @@ def test_dataset_spec_uses_the_table(shared_dataset, tmp_path):
     assert len(expand(load_spec("paper_eval"), tmp_path, data_root=str(shared_dataset))) == 26 * 4 * 3
 
 
+def test_a_sweeps_prompt_set_is_its_r_precision_caption_set(tmp_path):
+    from db3d.distributed.sweep import _sweep_captions
+
+    spec = load_spec("demo")
+    points = expand(spec, tmp_path)
+    (override,) = _sweep_captions(points, [], spec, tmp_path)
+    assert override.startswith("metrics.captions=")
+    assert (tmp_path / "captions.txt").read_text().splitlines() == ["a sks toy", "a sks toy on a wooden table"]
+    assert _sweep_captions(points, ["metrics.captions=/x.txt"], spec, tmp_path) == []
+
+
 def test_bad_specs_fail_naming_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngridd: {}\n")

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import ConfigError, compose
+from ..config import ConfigError, compose, quote
 from .sink import read_results
 from .spec import SweepError, expand, load_spec
 from .storage import is_uri, join, work_dir
@@ -145,6 +145,19 @@ def _record_stopped(grid, sweep: dict) -> None:
         write_trial_row(results, row)
 
 
+def _sweep_captions(points, overrides: list[str], spec, out: Path) -> list[str]:
+    """R-precision retrieves each trial's prompt among the sweep's prompt set (DreamFusion's
+    protocol), written to OUT/captions.txt, unless a caption file is given (metrics.captions=)."""
+    if any(o.startswith("metrics.captions=") for o in [*overrides, *spec.overrides]):
+        return []
+    prompts = sorted({p.prompt for p in points})
+    if len(prompts) < 2:  # one prompt retrieves itself: keep the subject's templates as candidates
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "captions.txt").write_text("\n".join(prompts) + "\n")
+    return [f"metrics.captions={quote(str(out / 'captions.txt'))}"]
+
+
 def run_sweep(argv: list[str]) -> int:
     import ray
     from ray import tune
@@ -167,6 +180,7 @@ def run_sweep(argv: list[str]) -> int:
         raise SweepError(f"{spec.path}: the sweep has no trials")
     from ..run import check_metric_weights
 
+    overrides = overrides + _sweep_captions(points, overrides, spec, out)
     for p in points:
         check_metric_weights(compose(list(p.overrides) + overrides))
     reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
