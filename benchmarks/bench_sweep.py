@@ -6,7 +6,7 @@
 
 Each configuration runs in its own process with its own local Ray, one after the other.
 
-    python benchmarks/bench_sweep.py [--num-cpus 2]
+    python benchmarks/bench_sweep.py [--num-cpus 2] [--stages "dreambooth.full_steps=60 nerf.steps=40"]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 SWEEP = """name: bench
-overrides: [preset=smoke, metrics.enabled=false]
+overrides: [preset=smoke, metrics.enabled=false{extra}]
 subjects: {{generated: 1}}
 prompts: ["a {{0}} {{1}}", "a {{0}} {{1}} on a wooden table"]
 grid:
@@ -46,12 +46,15 @@ def count(root: Path, stage: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--stages", default="", help="extra overrides for heavier stages, e.g. "
+                        "'dreambooth.full_steps=60 nerf.steps=40' (at the smoke preset fixed costs dominate)")
     args = parser.parse_args()
     db3d = [sys.executable, "-m", "db3d.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec = tmp / "bench.yaml"
-        spec.write_text(SWEEP.format(lambdas="0.25, 0.5, 1.0, 2.0", concurrent=args.num_cpus))
+        extra = "".join(f", {o}" for o in args.stages.split())
+        spec.write_text(SWEEP.format(lambdas="0.25, 0.5, 1.0, 2.0", concurrent=args.num_cpus, extra=extra))
         # 1. reuse on / off
         figures = {}
         for name, extra in (("reuse", []), ("no reuse", ["--no-reuse"])):
@@ -63,7 +66,7 @@ def main() -> None:
         print(f"reuse speed-up: {figures['no reuse'] / figures['reuse']:.2f}x wall time")
         # 2. one trial directly and through Ray
         one = tmp / "one.yaml"
-        one.write_text(SWEEP.format(lambdas="1.0", concurrent=1).replace(', "a {0} {1} on a wooden table"', ""))
+        one.write_text(SWEEP.format(lambdas="1.0", concurrent=1, extra="").replace(', "a {0} {1} on a wooden table"', ""))
         direct = timed(db3d + ["run", "preset=smoke", "metrics.enabled=false", f"out={tmp / 'direct'}",
                                f"cache_dir={tmp / 'c1'}"])
         swept = timed(db3d + ["sweep", f"sweep={one}", f"out={tmp / 'swept'}", f"num_cpus={args.num_cpus}"])
