@@ -302,6 +302,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"sds.guidance_scale={cfg.sds.guidance_scale}: must be > 0")
     if not 0.0 <= cfg.sds.t_min < cfg.sds.t_max <= 1.0:
         problems.append(f"sds.t_min={cfg.sds.t_min}, sds.t_max={cfg.sds.t_max}: need 0 <= t_min < t_max <= 1")
+    if cfg.sds.t_max_end > 0 and not cfg.sds.t_min < cfg.sds.t_max_end <= cfg.sds.t_max:
+        problems.append(f"sds.t_max_end={cfg.sds.t_max_end}: must lie in (t_min, t_max], or be -1 (no annealing)")
     if not 0.0 < cfg.pseudo.t_pseudo < 1.0:
         problems.append(f"pseudo.t_pseudo={cfg.pseudo.t_pseudo}: must lie in (0, 1)")
     for name in ("lambda_sds", "lambda_recon", "lambda_nerf"):

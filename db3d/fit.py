@@ -106,7 +106,9 @@ def fit_nerf(
     optimizer = torch.optim.Adam(field.parameters(), lr=nerf.learning_rate, betas=(0.9, 0.99), eps=1e-15)
     gen = torch.Generator().manual_seed(seed)
     shading_cfg = ShadingConfig(p_albedo=nerf.p_albedo, p_textureless=nerf.p_textureless, p_lambertian=nerf.p_lambertian)
-    t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds and sds.t_max_end > 0 else sds.t_max, steps) if sds else None
+    t_max = None  # the SDS t range's upper end, annealed linearly when t_max_end is set
+    if sds is not None:
+        t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds.t_max_end > 0 else sds.t_max, steps)
     uncond = sds.backbone.encode_prompts([""]) if sds else None
 
     # 2. resume from the last state, if one was written

@@ -40,6 +40,7 @@ def test_smoke_preset_and_groups():
     (["backbone=tiny-if", "method=latent_nerf"], "latent space"),
     (["nerf.distance_range=[2,1]"], "nerf.distance_range"),
     (["nerf.encoding=cuda"], "nerf.encoding"),
+    (["sds.t_max_end=0.99"], "sds.t_max_end"),
 ])
 def test_invalid_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:

@@ -160,3 +160,17 @@ def test_db3d_run_writes_a_parquet_row_and_a_failed_row_on_error(subject, tmp_pa
         run(_cfg(tmp_path, f"subject={subject.path}", "class_noun=toy", f"out={tmp_path / 'out2'}"))
     df = pd.read_parquet(tmp_path / "out2" / "summary.parquet")
     assert df.loc[0, "status"] == "failed" and "boom" in df.loc[0, "error"]
+
+
+def test_sds_t_max_anneals_over_the_stage(tiny_sd, tmp_path, monkeypatch):
+    from db3d.fit import SDSTerm
+
+    seen = []
+    real = fit_module.sds_loss
+    monkeypatch.setattr(fit_module, "sds_loss", lambda bb, x, c, u, g, t_range, *a, **k:
+                        seen.append(t_range) or real(bb, x, c, u, g, t_range, *a, **k))
+    cfg = _cfg(tmp_path, "nerf.steps=5")
+    term = SDSTerm(backbone=tiny_sd, prompt="a sks toy", guidance_scale=7.5, t_min=0.02, t_max=0.98, t_max_end=0.5)
+    fit_nerf(tmp_path / "n", "k", cfg.nerf, 16, 5, 0, torch.device("cpu"), sds=term)
+    highs = [hi for _, hi in seen]
+    assert highs[0] == pytest.approx(0.98) and highs == sorted(highs, reverse=True) and highs[-1] < 0.7
