@@ -49,24 +49,30 @@ class Personalized:
     """Wall time spent here (class images + training; ~0 when reused)."""
 
 
-def personalize(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor,
-                artifacts: Path) -> Personalized:
-    """Train (or reuse) the subject's DreamBooth; checkpoints at partial_steps and full_steps."""
-    start = time.perf_counter()
+def dreambooth_run(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor, artifacts: Path,
+                   steps: list[int], init: DreamBoothCheckpoint | None = None) -> dict[int, DreamBoothCheckpoint]:
+    """One content-addressed DreamBooth run on `images` (from `init` if given), under its lock."""
     db = cfg.dreambooth
     # 1. class images for the prior-preservation loss (cached by backbone, class, count, seed)
     cls_imgs, cls_key = None, None
     if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
         cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
         cls_key = content_key(bb.key, class_prompt(subject), db.num_class_images, cfg.seed, bb.sample_steps)
-    # 2. one run, two checkpoints (a zero-step checkpoint is the base model itself)
-    key = run_key(bb, db, images, instance_prompt(cfg, subject), class_prompt(subject), cls_key, cfg.seed, None)
+    # 2. the run, keyed by what it reads
+    key = run_key(bb, db, images, instance_prompt(cfg, subject), class_prompt(subject), cls_key, cfg.seed, init)
+    with artifact_lock(artifacts / "dreambooth" / key):
+        return train_dreambooth(bb, db, images, instance_prompt(cfg, subject), artifacts / "dreambooth" / key,
+                                steps, cfg.seed, key, cls_imgs, class_prompt(subject), init=init)
+
+
+def personalize(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor,
+                artifacts: Path) -> Personalized:
+    """Train (or reuse) the subject's DreamBooth; checkpoints at partial_steps and full_steps."""
+    start = time.perf_counter()
+    db = cfg.dreambooth
+    # one run, two checkpoints (a zero-step checkpoint is the base model itself)
     steps = [s for s in (db.partial_steps, db.full_steps) if s > 0]
-    ckpts = {}
-    if steps:
-        with artifact_lock(artifacts / "dreambooth" / key):
-            ckpts = train_dreambooth(bb, db, images, instance_prompt(cfg, subject), artifacts / "dreambooth" / key,
-                                     steps, cfg.seed, key, cls_imgs, class_prompt(subject))
+    ckpts = dreambooth_run(cfg, bb, subject, images, artifacts, steps) if steps else {}
     base = DreamBoothCheckpoint(path="", step=0, mode="base", key=bb.key, backbone_key=bb.key)
     return Personalized(partial=ckpts.get(db.partial_steps, base), full=ckpts.get(db.full_steps, base),
                         seconds=time.perf_counter() - start)

@@ -25,10 +25,8 @@ from .artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunRes
 from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject
-from .dreambooth import run_key, train_dreambooth
 from .fit import ReconTerm, SDSTerm, fit_nerf
-from .personalize import (Personalized, backbone_for, class_prompt, default_cache_dir, instance_prompt,
-                          locked_class_images, personalize)
+from .personalize import Personalized, backbone_for, dreambooth_run, personalize
 from .pseudo_views import load_pseudo_views, make_pseudo_views
 
 
@@ -111,18 +109,8 @@ def multiview_dreambooth(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: 
         return d_partial
     views, _ = load_pseudo_views(pseudo, ctx.bb.resolution)
     augmented = torch.cat([views, ctx.images])
-    cls_imgs, cls_key = None, None
-    if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
-        cls_imgs = locked_class_images(ctx.bb, class_prompt(ctx.subject), db.num_class_images, cfg.seed,
-                                       default_cache_dir(cfg))
-        cls_key = content_key(ctx.bb.key, class_prompt(ctx.subject), db.num_class_images, cfg.seed, ctx.bb.sample_steps)
     init = None if d_partial.mode == "base" else d_partial
-    key = run_key(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject), class_prompt(ctx.subject), cls_key,
-                  cfg.seed, init)
-    with artifact_lock(ctx.store / "dreambooth" / key):
-        ckpts = train_dreambooth(ctx.bb, db, augmented, instance_prompt(cfg, ctx.subject),
-                                 ctx.store / "dreambooth" / key, [db.multiview_steps], cfg.seed, key, cls_imgs,
-                                 class_prompt(ctx.subject), init=init)
+    ckpts = dreambooth_run(cfg, ctx.bb, ctx.subject, augmented, ctx.store, [db.multiview_steps], init)
     return ckpts[db.multiview_steps]
 
 

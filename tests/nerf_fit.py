@@ -6,12 +6,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from db3d.cameras import generate_rays
+from db3d.cameras import generate_rays, orbit_cameras, sample_random_cameras
 from db3d.nerf.field import FieldConfig, NeRFField
 from db3d.nerf.losses import reconstruction_loss
 from db3d.nerf.render import render_rays
 
 WHITE = torch.ones(3)
+
+
+def consistency_cameras(res: int):
+    """20 random training cameras and 4 held-out orbit cameras (other azimuths and elevation)."""
+    gen = torch.Generator().manual_seed(0)
+    train = sample_random_cameras(20, res, elevation_range=(-15.0, 65.0), distance_range=(2.6, 3.0),
+                                  fov_range=(40.0, 45.0), generator=gen)
+    test = orbit_cameras(4, elevation_deg=20.0, distance=2.8, fov_y_deg=42.0, resolution=res,
+                         azimuth_offset_deg=30.0)
+    return train, test
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -15,10 +15,9 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from db3d.cameras import orbit_cameras, sample_random_cameras
 from db3d.nerf.field import FieldOutputs
 from db3d.nerf.render import render_views
-from nerf_fit import fit, psnr
+from nerf_fit import consistency_cameras, fit, psnr
 
 RES = 64  # the paper's render size
 N_SAMPLES = 32  # samples per ray, training and held-out renders alike
@@ -59,12 +58,7 @@ class SoftSpheres(nn.Module):
 
 def make_views():
     """20 random training cameras and 4 held-out orbit cameras (other azimuths and elevation)."""
-    gen = torch.Generator().manual_seed(0)
-    train = sample_random_cameras(20, RES, elevation_range=(-15.0, 65.0),
-                                  distance_range=(2.6, 3.0), fov_range=(40.0, 45.0),
-                                  generator=gen)
-    test = orbit_cameras(4, elevation_deg=20.0, distance=2.8, fov_y_deg=42.0, resolution=RES,
-                         azimuth_offset_deg=30.0)
+    train, test = consistency_cameras(RES)
     scene = SoftSpheres()
     gt_train = render_views(scene, train, n_samples=128, background=WHITE).rgb
     gt_test = render_views(scene, test, n_samples=128, background=WHITE).rgb

@@ -11,7 +11,7 @@ import math
 import random
 import time
 
-from nerf_fit import fit
+from nerf_fit import consistency_cameras, fit
 
 import pytest
 import torch
@@ -201,12 +201,7 @@ def test_nerf_fits_toyworld_renders(world):
     obj = world[1]  # a stack with its decal in view of several training cameras
     t0 = time.time()
     # 1. 20 random training cameras, 4 held-out orbit cameras at other azimuths
-    gen = torch.Generator().manual_seed(0)
-    train = sample_random_cameras(20, res, elevation_range=(-15.0, 65.0),
-                                  distance_range=(2.6, 3.0), fov_range=(40.0, 45.0),
-                                  generator=gen)
-    test = orbit_cameras(4, elevation_deg=20.0, distance=2.8, fov_y_deg=42.0, resolution=res,
-                         azimuth_offset_deg=30.0)
+    train, test = consistency_cameras(res)
     gt_train = render_object(obj, train, supersample=2).rgb
     gt_test = render_object(obj, test, supersample=2).rgb
     t1 = time.time()

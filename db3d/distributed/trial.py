@@ -57,15 +57,17 @@ def _method_body(config: dict) -> dict:
     if marker:
         Path(marker).mkdir(parents=True, exist_ok=True)
         (Path(marker) / f"{trial_id}.pid").write_text(str(os.getpid()))
-    on_progress, last = None, {}
-    if sweep.get("scheduler"):  # early stopping reads the last NeRF stage's loss as it falls
+    last: dict = {}  # the last NeRF stage's latest loss, for the scheduler
+
+    def report_loss(step: int, losses: dict) -> None:
         from ray import tune
 
-        def on_progress(step: int, losses: dict) -> None:
-            last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)
-            tune.report(dict(last))
+        last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)
+        tune.report(dict(last))
 
-    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=on_progress)
+    # early stopping (ASHA) reads the last NeRF stage's loss as it falls
+    progress = report_loss if sweep.get("scheduler") else None
+    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
     gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs this trial holds (fractional allowed)
