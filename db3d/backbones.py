@@ -87,7 +87,7 @@ class Backbone:
 
     @property
     def model_channels(self) -> int:
-        return self.unet.config.in_channels
+        return 3 if self.vae is None else self.unet.config.in_channels
 
     @property
     def model_resolution(self) -> int:
@@ -233,6 +233,11 @@ class Backbone:
         """Write a diffusers pipeline folder that `backbone=sd|if backbone.model=path` loads."""
         from diffusers import IFPipeline, StableDiffusionPipeline
 
+        if self.kind == "toy":
+            from .toyworld import prior
+
+            return prior.save_components(dict(unet=self.unet, text_encoder=self.text_encoder,
+                                              scheduler=self.scheduler), Path(path))
         if self.space == "latent":
             pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                            unet=self.unet, scheduler=self.scheduler, safety_checker=None,
@@ -255,11 +260,16 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         build = tiny.tiny_sd_components if cfg.kind == "tiny-sd" else tiny.tiny_if_components
         parts = build(cfg.seed, cfg.resolution)
         key = content_key("backbone", cfg.kind, cfg.seed, cfg.resolution, cfg.dtype)
+    elif cfg.kind == "toy":
+        from .toyworld import prior
+
+        parts = prior.load_components(cfg.model)
+        key = content_key("backbone", cfg.kind, prior.weights_digest(cfg.model), cfg.resolution, cfg.dtype)
     elif cfg.kind in ("sd", "if"):
         parts = _load_pretrained(cfg, dtype)
         key = content_key("backbone", cfg.kind, cfg.model, cfg.variant, cfg.dtype)
     else:
-        raise ValueError(f"backbone.kind={cfg.kind!r}: must be tiny-sd, tiny-if, sd or if")
+        raise ValueError(f"backbone.kind={cfg.kind!r}: must be tiny-sd, tiny-if, toy, sd or if")
 
     # frozen weights: eval mode, no gradients, requested dtype and memory format
     for name in ("unet", "vae", "text_encoder"):

@@ -138,14 +138,27 @@ def orbit_cameras(
     Used for stage 2's pseudo views and for turntables. Camera ``i`` sits at azimuth
     ``azimuth_offset_deg + 360 * i / n``; the light sits at each camera (headlight).
     """
-    height, width = _hw(resolution)
     azimuth = (azimuth_offset_deg + 360.0 * torch.arange(n, dtype=torch.float32) / n) % 360.0
-    elevation = torch.full((n,), float(elevation_deg))
-    dist = torch.full((n,), float(distance))
+    return cameras_at(azimuth, torch.full((n,), float(elevation_deg)), distance, fov_y_deg, resolution, device)
+
+
+def cameras_at(
+    azimuth_deg: Tensor,  # (B,)
+    elevation_deg: Tensor,  # (B,)
+    distance: float,
+    fov_y_deg: float,
+    resolution: int | tuple[int, int],  # side, or (height, width)
+    device: torch.device | str = "cpu",
+) -> CameraBatch:
+    """Cameras at the given azimuths and elevations looking at the origin; headlights."""
+    height, width = _hw(resolution)
+    azimuth = torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1) % 360.0
+    elevation = torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1).expand_as(azimuth).clone()
+    dist = torch.full_like(azimuth, float(distance))
     eye = spherical_to_cartesian(azimuth, elevation, dist)
     cams = CameraBatch(
         c2w=look_at(eye),
-        fov_y_deg=torch.full((n,), float(fov_y_deg)),
+        fov_y_deg=torch.full_like(azimuth, float(fov_y_deg)),
         height=height,
         width=width,
         azimuth_deg=azimuth,

@@ -7,6 +7,9 @@
     db3d report RESULTS [out=DIR]   paper-style tables, plots, best configs and an HTML page
     db3d study build RESULTS out=DIR raters=N | serve DIR [port=8000] | export DIR
                                     blind two-alternative forced-choice user study
+    db3d toyworld train-prior | samples | subjects | bench
+                                    ToyWorld: its trained prior, subjects with known 3D shape, and the
+                                    benchmark that scores every method against that shape
     db3d check-data PATH [PATH ...] a subject folder or a dataset root; exit 1 on any problem
     db3d doctor                     versions, devices, optional backends, where weights are looked for
 
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.study import main as study_main
 
         return study_main(rest)
+    if command == "toyworld":
+        from .toyworld.cli import main as toyworld_main
+
+        return toyworld_main(rest)
     if command == "doctor":
         from .doctor import doctor
 

@@ -17,22 +17,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-BackboneKind = Literal["tiny-sd", "tiny-if", "sd", "if"]
+BackboneKind = Literal["tiny-sd", "tiny-if", "toy", "sd", "if"]
 DType = Literal["fp32", "fp16", "bf16"]
 MethodName = Literal["dreambooth3d", "dreambooth_fusion", "latent_nerf"]
 FinetuneMode = Literal["full", "lora"]
 EncodingBackend = Literal["torch", "tcnn"]
 FinalInit = Literal["scratch", "stage1"]
+NeRFBackground = Literal["mlp", "random_solid", "white"]
 
 
 @dataclass
 class BackboneConfig:
     kind: str = "tiny-sd"
-    """BackboneKind: tiny-sd / tiny-if (random weights built in-process; tests and demo),
-    sd (Stable Diffusion 1.x/2.x, eps or v-prediction), if (DeepFloyd IF stage I, 64x64 pixels)."""
+    """BackboneKind: tiny-sd / tiny-if (random weights built in-process; tests), toy (ToyWorld's
+    trained 32 px pixel prior, shipped with db3d; the demo), sd (Stable Diffusion 1.x/2.x, eps or
+    v-prediction), if (DeepFloyd IF stage I, 64x64 pixels)."""
     model: str = ""
     """sd / if: a local diffusers folder or a hub id already in the Hugging Face cache (loaded
-    offline). Empty for the tiny kinds."""
+    offline). toy: a folder written by `db3d toyworld train-prior` (empty: the shipped prior).
+    Empty for the tiny kinds."""
     variant: str = ""
     """Weight file variant to load, e.g. "fp16" for DeepFloyd IF's half-precision files."""
     resolution: int = 64
@@ -68,7 +71,12 @@ class DreamBoothConfig:
     learning_rate: float = 5e-6
     """AdamW learning rate. DreamBooth on SD: 5e-6 (full); ~1e-4 is usual for LoRA."""
     batch_size: int = 1
-    """Subject images per step (the prior term adds as many class images)."""
+    """Subject images per step and per worker (the prior term adds as many class images); with
+    num_workers N a step averages the gradients of N x batch_size images."""
+    num_workers: int = 1
+    """Data-parallel DreamBooth workers N (DDP: each draws its own batch, gradients averaged, rank 0
+    writes). Sweeps with trainer=ray_train run each DreamBooth run as a TorchTrainer of N workers;
+    `db3d run` and inline sweeps train in one process. A run on N > 1 workers has its own artifact key."""
     partial_steps: int = 150
     """Steps of the partial DreamBooth D_partial used by stage 1 and 3 (paper: 150)."""
     full_steps: int = 800
@@ -137,6 +145,9 @@ class NeRFConfig:
     """Radius of that orbit."""
     orbit_fov: float = 50.0
     """Field of view on that orbit."""
+    background: str = "mlp"
+    """NeRFBackground: mlp (a learned function of the view direction, DreamFusion), random_solid
+    (one random colour per training image), white (fixed; for priors trained on white, e.g. ToyWorld)."""
     p_albedo: float = 0.2
     """Probability of an albedo-only render (DreamFusion mixes albedo / textureless / shaded)."""
     p_textureless: float = 0.4
@@ -256,6 +267,7 @@ class ConfigError(ValueError):
 _CHOICES = {
     "backbone.kind": BackboneKind,
     "backbone.dtype": DType,
+    "nerf.background": NeRFBackground,
     "dreambooth.mode": FinetuneMode,
     "method.name": MethodName,
     "nerf.encoding": EncodingBackend,
@@ -281,7 +293,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ("partial_steps", "full_steps", "multiview_steps", "num_class_images", "resume_every"):
         if getattr(db, name) < 0:
             problems.append(f"dreambooth.{name}={getattr(db, name)}: must be >= 0")
-    for path in ("dreambooth.batch_size", "dreambooth.lora_rank", "backbone.resolution",
+    for path in ("dreambooth.batch_size", "dreambooth.num_workers", "dreambooth.lora_rank", "backbone.resolution",
                  "backbone.sample_steps", "render.resolution", "pseudo.n_views", "nerf.steps",
                  "nerf.batch_views", "nerf.n_samples", "nerf.hidden_dim", "nerf.n_levels",
                  "method.recon_views_per_step", "export.turntable_frames", "export.turntable_resolution",
@@ -322,7 +334,7 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"nerf.learning_rate={cfg.nerf.learning_rate}: must be > 0")
     if cfg.pseudo.guidance_scale <= 0:
         problems.append(f"pseudo.guidance_scale={cfg.pseudo.guidance_scale}: must be > 0")
-    if cfg.method.name == "latent_nerf" and cfg.backbone.kind in ("tiny-if", "if"):
+    if cfg.method.name == "latent_nerf" and cfg.backbone.kind in ("tiny-if", "toy", "if"):
         problems.append(f"method=latent_nerf needs a latent backbone (tiny-sd or sd), not backbone.kind={cfg.backbone.kind}: "
                         "IF works in pixel space, so there is no latent space to render")
     if cfg.metrics.enabled and cfg.metrics.captions and not os.path.isfile(cfg.metrics.captions):

@@ -66,6 +66,9 @@ def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch
 
     m = cfg.metrics
     device = bb.device
+    clips, dino = models if models is not None else load_models(m, device)
+    if not clips and dino is None:  # nothing to score with (e.g. ToyWorld, scored against its ground truth)
+        return {}
     field = load_field(field_file, device).eval()
     orbit = dict(elevation_deg=EVAL_ELEVATION, distance=cfg.nerf.orbit_distance, fov_y_deg=cfg.nerf.orbit_fov,
                  n_samples=cfg.nerf.n_samples)
@@ -78,7 +81,6 @@ def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch
         colour = turntable(field, m.n_views, m.resolution, **orbit)
     textureless = turntable(field, m.n_views, m.resolution, shading="textureless", **orbit)[:, :3]
     # 2. the metrics
-    clips, dino = models if models is not None else load_models(m, device)
     captions = candidate_captions(m, templates, cfg.dreambooth.identifier, class_noun, prompt)
     rows = evaluate_views(colour.clamp(0, 1), textureless.clamp(0, 1), subject_images, prompt, captions,
                           cfg.dreambooth.identifier, clips, dino)

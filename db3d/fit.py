@@ -61,6 +61,11 @@ def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
     """The NeRF architecture from the run config (latent_channels > 0: a Latent-NeRF field)."""
     kwargs = dict(n_levels=nerf.n_levels, log2_hashmap_size=nerf.log2_hashmap_size, hidden_dim=nerf.hidden_dim,
                   encoding_implementation=nerf.encoding)
+    if nerf.background == "white":
+        kwargs["background"] = "fixed"
+        kwargs["background_color"] = (1.0, 1.0, 1.0)
+    elif nerf.background == "random_solid":
+        kwargs["background"] = "random_solid"
     if latent_channels:
         kwargs["color_channels"] = latent_channels
         kwargs["background"] = "fixed"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject
 from .fit import ReconTerm, SDSTerm, fit_nerf
-from .personalize import Personalized, backbone_for, dreambooth_run, personalize
+from .personalize import DreamBoothRunner, Personalized, backbone_for, dreambooth_run, personalize
 from .pseudo_views import load_pseudo_views, make_pseudo_views
 
 
@@ -41,6 +42,7 @@ class Context:
     prompt: str
     store: Path  # artifact root
     on_progress: object = None  # (step, losses) of the method's last NeRF stage, for early stopping
+    run_dreambooth: DreamBoothRunner = dreambooth_run  # runs one DreamBooth run (Ray Train: on N workers)
     seconds: dict = field(default_factory=dict)  # stage -> wall time of this run
     keys: dict = field(default_factory=dict)  # stage -> artifact key
 
@@ -110,7 +112,7 @@ def multiview_dreambooth(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: 
     views, _ = load_pseudo_views(pseudo, ctx.bb.resolution)
     augmented = torch.cat([views, ctx.images])
     init = None if d_partial.mode == "base" else d_partial
-    ckpts = dreambooth_run(cfg, ctx.bb, ctx.subject, augmented, ctx.store, [db.multiview_steps], init)
+    ckpts = ctx.run_dreambooth(cfg, ctx.bb, ctx.subject, augmented, ctx.store, [db.multiview_steps], init)
     return ckpts[db.multiview_steps]
 
 
@@ -152,7 +154,8 @@ def latent_nerf(ctx: Context, d_full: DreamBoothCheckpoint) -> NerfCheckpoint:
 def run_stages(ctx: Context) -> NerfCheckpoint:
     """The method named by cfg.method.name, from DreamBooth to the final NeRF (Fig. 2)."""
     method = ctx.cfg.method.name
-    db: Personalized = _timed(ctx, "dreambooth", personalize, ctx.cfg, ctx.bb, ctx.subject, ctx.images, ctx.store)
+    db: Personalized = _timed(ctx, "dreambooth", personalize, ctx.cfg, ctx.bb, ctx.subject, ctx.images, ctx.store,
+                              ctx.run_dreambooth)
     ctx.keys["dreambooth"] = db.full.key
     if method == "dreambooth3d":
         nerf1 = _timed(ctx, "stage1", stage1, ctx, db.partial)
@@ -166,11 +169,22 @@ def run_stages(ctx: Context) -> NerfCheckpoint:
 
 
 # ---------------------------------------------------------------------------------------------
+def toy_ground_truth(subject: Subject):
+    """The true object of a ToyWorld subject folder (None for any other subject)."""
+    from .toyworld.subjects import ground_truth
+
+    return ground_truth(subject.path)
+
+
 def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,
-               store: Path | None = None, on_progress=None) -> RunResult:
+               store: Path | None = None, on_progress=None, run_dreambooth: Callable | None = None,
+               seconds: dict | None = None) -> RunResult:
     """One subject x prompt x method: every stage (resuming what is done), then the exports.
 
     `store` is the artifact root (default out/artifacts); sweeps share one across trials.
+    `run_dreambooth` runs each DreamBooth run (default personalize.dreambooth_run, in this process).
+    `seconds` (stage -> wall time) is filled as stages finish and added to: a caller's dict keeps
+    the times of a run that raises part way and carries them into a later call.
     """
     from .backbones import build_backbone
     from .data import load_subject_images
@@ -181,8 +195,9 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
     bb = bb if bb is not None else build_backbone(cfg.backbone)
     images, _ = load_subject_images(subject, cfg.backbone.resolution)
     ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt=prompt, on_progress=on_progress,
-                  store=Path(store) if store is not None else out / "artifacts")
-    ctx.seconds["load"] = time.perf_counter() - start
+                  store=Path(store) if store is not None else out / "artifacts",
+                  run_dreambooth=run_dreambooth or dreambooth_run, seconds=seconds if seconds is not None else {})
+    ctx.seconds["load"] = ctx.seconds.get("load", 0.0) + time.perf_counter() - start
     final = run_stages(ctx)
     exports = _timed(ctx, "export", export_result, ctx, final, out / "exports")
     metrics = {}
@@ -191,7 +206,12 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
 
         metrics = _timed(ctx, "metrics", evaluate_nerf, cfg, final.field_file, final.latent, bb, images, prompt,
                          subject.templates, subject.class_noun, None, out / "exports" / "eval_views")
-    for name in ("export", "metrics"):
+    truth = toy_ground_truth(subject)
+    if cfg.metrics.enabled and truth is not None and not final.latent:  # a ToyWorld subject: score against its true shape
+        from .toyworld.evaluate import score_field
+
+        metrics.update(_timed(ctx, "toy_metrics", score_field, final.field_file, truth, cfg.nerf.n_samples, bb.device))
+    for name in ("export", "metrics", "toy_metrics"):
         ctx.keys.pop(name, None)
     return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,
                      prompt=prompt, final=final, exports=exports, seconds=dict(ctx.seconds), keys=dict(ctx.keys),

@@ -2,7 +2,7 @@
 
     name: demo
     overrides: [preset=smoke]            # every trial (db3d run syntax)
-    subjects: {generated: 2} | {root: PATH, names: all | [dog, cat]} | {paths: [DIR, ...], class_noun: toy}
+    subjects: {generated: 2} | {toyworld: 8} | {root: PATH, names: all | [dog, cat]} | {paths: [DIR, ...], class_noun: toy}
     prompts: ["a {0} {1}", ...] | {dataset: 4}   # templates; {0} identifier, {1} class noun
     grid: {method: [dreambooth3d, dreambooth_fusion], method.lambda_recon: [0.5, 1.0]}
     search: {method.lambda_recon: {loguniform: [0.1, 10]}}   # sampled num_samples times per point
@@ -106,8 +106,14 @@ def _subjects(spec: SweepSpec, out: Path, data_root: str | None) -> list[tuple[s
             sub = resolve_subject(str(folder), class_noun=SYNTHETIC_CLASS_NOUN)
             rows.append((str(folder), sub.name, sub.class_noun, list(sub.templates)))
         return rows
+    if "toyworld" in s:  # ToyWorld subjects (ground truth known), written as a dataset root
+        from ..toyworld.subjects import make_subjects
+
+        root = out / "subjects"
+        make_subjects(root, n=int(s["toyworld"]), captures=int(s.get("captures", 5)), seed=int(s.get("seed", 1)))
+        s = {"root": str(root), "names": "all"}
     if "root" in s or data_root:
-        root = Path(data_root or s["root"])
+        root = Path(s["root"] if "toyworld" in spec.subjects else (data_root or s["root"]))
         if not root.is_absolute() and not root.exists():
             root = Path(spec.path).parent / root
         table = read_dataset_table(root)
@@ -123,7 +129,7 @@ def _subjects(spec: SweepSpec, out: Path, data_root: str | None) -> list[tuple[s
             sub = resolve_subject(str(p), class_noun=s.get("class_noun"))
             rows.append((str(sub.path), sub.name, sub.class_noun, list(sub.templates)))
         return rows
-    raise SweepError(f"{spec.path}: subjects needs one of generated, root, paths")
+    raise SweepError(f"{spec.path}: subjects needs one of generated, toyworld, root, paths")
 
 
 def expand(spec: SweepSpec, out: Path, identifier: str = "sks", data_root: str | None = None) -> list[Point]:

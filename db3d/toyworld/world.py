@@ -234,15 +234,9 @@ def sample_object(rng: random.Random, vary: bool = False) -> ToyObject:
     else:
         kinds = tuple(rng.choice(KINDS) for _ in range(n))
     colours = tuple(rng.sample(PART_COLOURS, n))
-    seed = rng.randrange(2**31)
-    if not vary:
-        return build_object(layout, kinds, colours, seed=seed)
-    # 2. subjects: proportions, decal shape and colour
-    proportions = tuple((rng.uniform(0.75, 1.3), rng.uniform(0.75, 1.3)) for _ in kinds)
-    shape = rng.choice(DECAL_SHAPES)
-    feature_colour = rng.choice([c for c in COLOURS if c not in colours])
-    return build_object(layout, kinds, colours, feature_shape=shape,
-                        feature_colour=feature_colour, proportions=proportions, seed=seed)
+    obj = build_object(layout, kinds, colours, seed=rng.randrange(2**31))
+    # 2. subjects: new proportions, decal shape and colour (the caption stays)
+    return variant(obj, rng) if vary else obj
 
 
 def enumerate_world(n: int = 120, seed: int = 0) -> tuple[ToyObject, ...]:
@@ -260,3 +254,14 @@ def enumerate_world(n: int = 120, seed: int = 0) -> tuple[ToyObject, ...]:
     if len(objects) < n:
         raise ValueError(f"could not find {n} distinct objects")
     return tuple(objects)
+
+
+def variant(obj: ToyObject, rng: random.Random) -> ToyObject:
+    """Another instance with ``obj``'s caption: new proportions and a new decal shape and colour."""
+    kinds = tuple(p.kind for p in obj.primitives)
+    colours = tuple(p.colour for p in obj.primitives)
+    proportions = tuple((rng.uniform(0.75, 1.3), rng.uniform(0.75, 1.3)) for _ in kinds)
+    shape = rng.choice(DECAL_SHAPES)
+    feature_colour = rng.choice([c for c in COLOURS if c not in colours])
+    return build_object(obj.layout, kinds, colours, feature_shape=shape, feature_colour=feature_colour,
+                        proportions=proportions, seed=rng.randrange(2**31))

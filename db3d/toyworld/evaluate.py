@@ -1,0 +1,70 @@
+"""Score a run's final NeRF against its ToyWorld subject's true shape (db3d.toyworld.scores).
+
+    1. render the NeRF (albedo over white) and the ground truth (fixed light) on one orbit
+    2. PSNR / SSIM over every view and over the back half
+    3. retrieval rank of the subject among itself + the world's objects, by PSNR to their renders
+    4. Janus score: decal colour on the back views, relative to the front view's decal
+
+Columns `metric.toy.<name>` go into the run's row (the same Parquet schema as every sweep).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from db3d.cameras import orbit_cameras
+from db3d.toyworld import scores
+from db3d.toyworld.render import render_object
+from db3d.toyworld.world import COLOUR_RGB, ToyObject, enumerate_world
+
+N_VIEWS = 16
+RESOLUTION = 64
+ELEVATION = 15.0
+DISTANCE = 1.75
+FOV = 50.0
+WORLD_SIZE = 120
+
+
+def score_cameras(n_views: int = N_VIEWS, resolution: int = RESOLUTION):
+    return orbit_cameras(n_views, ELEVATION, DISTANCE, FOV, resolution)
+
+
+@lru_cache(maxsize=4)
+def _world_renders(n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
+    cams = score_cameras(n_views, resolution)
+    return tuple(render_object(o, cams).rgb for o in enumerate_world(world_size))
+
+
+def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, resolution: int = RESOLUTION,
+                  world_size: int = WORLD_SIZE) -> dict[str, float]:
+    """Scores of renders pred (V, H, W, 3) taken from score_cameras(V, H) against obj."""
+    cams = score_cameras(n_views, resolution)
+    gt = render_object(obj, cams)
+    back = scores.back_half(cams.azimuth_deg)
+    front = ~back
+    p_all, s_all = scores.psnr(pred, gt.rgb), scores.ssim(pred, gt.rgb)
+    candidates = [gt.rgb] + list(_world_renders(n_views, resolution, world_size))
+    return {
+        "metric.toy.psnr.all": float(p_all.mean()),
+        "metric.toy.psnr.back": float(p_all[back].mean()),
+        "metric.toy.ssim.all": float(s_all.mean()),
+        "metric.toy.ssim.back": float(s_all[back].mean()),
+        "metric.toy.retrieval_rank": scores.retrieval_rank(pred, candidates, 0),
+        "metric.toy.retrieval_candidates": len(candidates),
+        "metric.toy.janus": scores.janus_score(pred[back], gt.feature[back], gt.feature[front],
+                                               COLOUR_RGB[obj.feature.colour]),
+    }
+
+
+@torch.no_grad()
+def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu") -> dict:
+    """Render a saved NeRF on the scoring orbit and score it against obj."""
+    from db3d.export import load_field, turntable
+
+    field = load_field(field_file, torch.device(device)).eval()
+    white = torch.ones(getattr(field.config, "color_channels", 3))
+    pred = turntable(field, N_VIEWS, RESOLUTION, elevation_deg=ELEVATION, distance=DISTANCE, fov_y_deg=FOV,
+                     n_samples=n_samples, shading="albedo", background=white)  # (V, 3, H, W)
+    return score_renders(pred.permute(0, 2, 3, 1).clamp(0, 1).cpu(), obj)

@@ -1,0 +1,90 @@
+"""ToyWorld subjects and ground-truth scores: constructed cases with known answers."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from db3d.data import inspect_subject, resolve_subject
+from db3d.toyworld import scores
+from db3d.toyworld.evaluate import score_cameras, score_renders
+from db3d.toyworld.render import render_object
+from db3d.toyworld.subjects import CAPTURE_ARC, from_json, ground_truth, make_subjects, to_json
+from db3d.toyworld.world import build_object, sample_object
+from db3d.cameras import cameras_at
+
+N, RES = 8, 32
+
+
+def _subject():
+    return build_object("stack", ("box", "ball"), ("blue", "red"), feature_shape="square", feature_colour="yellow",
+                        proportions=((1.2, 0.8), (0.9, 0.9)))
+
+
+def test_perfect_render_scores_max_and_ranks_first():
+    obj = _subject()
+    gt = render_object(obj, score_cameras(N, RES)).rgb
+    s = score_renders(gt, obj, N, RES, world_size=20)
+    assert s["metric.toy.psnr.all"] > 90 and s["metric.toy.psnr.back"] > 90  # identical images (capped MSE)
+    assert abs(s["metric.toy.ssim.all"] - 1.0) < 1e-6
+    assert s["metric.toy.retrieval_rank"] == 1 and s["metric.toy.retrieval_candidates"] == 21
+    assert s["metric.toy.janus"] < 0.01
+
+
+def test_front_on_both_sides_scores_high_janus():
+    # renders of the object turned by 180 degrees: every back view shows the front and its decal
+    obj = _subject()
+    cams = score_cameras(N, RES)
+    turned = cameras_at(cams.azimuth_deg + 180.0, cams.elevation_deg, 1.75, 50.0, RES)
+    pred = render_object(obj, turned).rgb
+    s = score_renders(pred, obj, N, RES, world_size=20)
+    assert s["metric.toy.janus"] > 0.5
+    assert s["metric.toy.psnr.back"] < 40
+    # a blank (all white) prediction has neither decal nor object
+    blank = score_renders(torch.ones_like(pred), obj, N, RES, world_size=20)
+    assert blank["metric.toy.janus"] == 0.0
+    assert blank["metric.toy.psnr.all"] < s["metric.toy.psnr.all"] + 20
+
+
+def test_retrieval_rank_counts_closer_candidates():
+    a = torch.zeros(2, 4, 4, 3)
+    cands = [a + 0.3, a + 0.1, a + 0.2, a + 0.5]  # index 0 is the true one; 2 candidates are closer
+    assert scores.retrieval_rank(a, cands, 0) == 3
+    assert scores.retrieval_rank(a, cands, 1) == 1
+
+
+def test_back_half_and_colour_mask():
+    assert scores.back_half(torch.tensor([0.0, 45.0, 90.0, 135.0, 180.0, 270.0, 300.0])).tolist() == [
+        False, False, False, True, True, False, False]
+    img = torch.tensor([[[[0.95, 0.85, 0.10], [0.5, 0.45, 0.05], [0.15, 0.30, 0.85], [1.0, 1.0, 1.0]]]])
+    assert scores.colour_mask(img, (0.95, 0.85, 0.10)).tolist() == [[[True, True, False, False]]]
+
+
+def test_mean_ci_brackets_the_mean():
+    mean, lo, hi = scores.mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and lo < mean < hi
+    assert scores.mean_ci([5.0])[1:] == (5.0, 5.0)
+
+
+def test_subjects_are_ordinary_subject_folders(tmp_path):
+    folders = make_subjects(tmp_path, n=2, captures=4, seed=3)
+    for folder in folders:
+        report = inspect_subject(folder)
+        assert report.ok and report.class_noun == "toy" and len(report.files) == 4
+        sub = resolve_subject(folder.name, str(tmp_path))
+        assert sub.class_noun == "toy" and sub.templates
+        obj = ground_truth(folder)
+        assert obj is not None and from_json(to_json(obj)) == obj
+    assert ground_truth(tmp_path) is None
+    # the same seed writes the same subjects
+    again = make_subjects(tmp_path / "again", n=2, captures=4, seed=3)
+    assert [ground_truth(f) for f in again] == [ground_truth(f) for f in folders]
+    assert (folders[0] / "00.png").read_bytes() == (again[0] / "00.png").read_bytes()
+
+
+def test_captures_show_the_front_decal():
+    obj = sample_object(random.Random(5), vary=True)
+    cams = cameras_at(torch.tensor([-CAPTURE_ARC, 0.0, CAPTURE_ARC]), torch.tensor([0.0, 15.0, 30.0]), 1.75, 50.0, 48)
+    coverage = render_object(obj, cams).feature.flatten(1).mean(-1)
+    assert (coverage > 0.005).all()
