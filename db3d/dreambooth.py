@@ -9,6 +9,11 @@ DreamBooth is the same function continued from a checkpoint (`init=`) on a new i
 Fixed inputs are computed once, not every step: the VAE latent distribution of every image
 (a latent is then drawn as mean + std * noise) and the prompt embeddings (unless the text
 encoder is trained). An interrupted run resumes from its last saved training state.
+
+Data parallel when torch.distributed is initialised with N > 1 ranks (a Ray Train worker group,
+torchrun): every rank draws its own batch of `batch_size` images (the batch size is per rank;
+the step averages N x batch_size), gradients are averaged before the update so every rank holds
+the same weights, and only rank 0 writes checkpoints, resume states and run.json.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from . import diffusion
 from .artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
 from .backbones import Backbone, cast
 from .config import DreamBoothConfig
+from .data_parallel import average_gradients_, barrier, broadcast_, gather_objects, rank_and_world
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 STATE_FILE = "train_state.pt"
@@ -101,6 +107,11 @@ def save_checkpoint(unet, text_encoder, mode: str, folder: Path) -> None:
                                                   weight_name=LORA_WEIGHTS, safe_serialization=True)
 
 
+def checkpoint_folder(out_dir: Path, step: int) -> Path:
+    """Where a run writes its checkpoint of `step`."""
+    return Path(out_dir) / f"step-{step:06d}"
+
+
 def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = False) -> Backbone:
     """The backbone with the checkpoint's weights (fp32 + train mode when trainable)."""
     from diffusers import UNet2DConditionModel
@@ -145,6 +156,25 @@ def _precompute(bb: Backbone, images: Tensor, class_imgs: Tensor | None, instanc
                   bb.encode_prompts([instance_prompt, class_prompt or instance_prompt]))
 
 
+def _draw_batch(fixed: _Fixed, batch_size: int, use_prior: bool, gen: torch.Generator, bb: Backbone):
+    """One step's samples: x0, eps (B,C,r,r), t (B,), which (B,) 0 subject / 1 class prompt.
+
+    B = batch_size subject images, then as many class images with the prior term. Latents are
+    drawn from the VAE posterior; every draw comes from `gen` (CPU), in a fixed order.
+    """
+    n_inst, n_cls = fixed.n_instance, len(fixed.mean) - fixed.n_instance
+    idx = torch.randint(n_inst, (batch_size,), generator=gen)
+    which = torch.zeros(batch_size, dtype=torch.long)
+    if use_prior:
+        idx = torch.cat([idx, n_inst + torch.randint(n_cls, (batch_size,), generator=gen)])
+        which = torch.cat([which, torch.ones(batch_size, dtype=torch.long)])
+    z_noise = torch.randn(fixed.mean[idx].shape, generator=gen).to(bb.device)
+    x0 = fixed.mean[idx] + fixed.std[idx] * z_noise
+    eps = torch.randn(x0.shape, generator=gen).to(bb.device)
+    t = torch.randint(bb.num_train_timesteps, (len(idx),), generator=gen).to(bb.device)
+    return x0, eps, t, which.to(bb.device)
+
+
 def train_dreambooth(
     bb: Backbone,
     cfg: DreamBoothConfig,
@@ -163,14 +193,21 @@ def train_dreambooth(
 
     `key` names this run's inputs (backbone, images, prompts, config, init); each checkpoint's
     key is derived from it and its step. `callback(step, instance_loss, prior_loss)` runs after
-    every optimiser step. Rerunning with the same out_dir resumes (finished checkpoints are kept).
+    every optimiser step, with this rank's losses. Rerunning with the same out_dir resumes
+    (finished checkpoints are kept).
+
+    Under torch.distributed with N > 1 ranks, every rank calls this with the same arguments and
+    out_dir; `batch_size` is per rank, rank r draws from a generator seeded seed + r, and all
+    ranks return the same checkpoints, written by rank 0 (see the module docstring).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    barrier()  # N ranks: rank 0 holds the run's lock from here, so all read the same done markers
     save_steps = sorted(set(int(s) for s in save_steps))
     total = save_steps[-1]
     use_prior = cfg.prior_preservation and class_imgs is not None and len(class_imgs) > 0 and cfg.prior_weight > 0
-    ckpts = {s: read_done(out_dir / f"step-{s:06d}", DreamBoothCheckpoint) for s in save_steps}
+    ckpts = {s: read_done(checkpoint_folder(out_dir, s), DreamBoothCheckpoint) for s in save_steps}
     if all(c is not None for c in ckpts.values()):
         return ckpts  # 0. already finished
 
@@ -192,12 +229,13 @@ def train_dreambooth(
     params = [p for p in unet.parameters() if p.requires_grad]
     if text_encoder is not None:
         params += list(text_encoder.parameters())
+    broadcast_(params)  # N ranks: all start from rank 0's weights (LoRA's init is random)
     # fused AdamW: one kernel over all tensors (CPU and CUDA; ~10% of a tiny-model step on CPU)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2, fused=True)
 
     # 2. fixed inputs, computed once
     fixed = _precompute(base, images, class_imgs if use_prior else None, instance_prompt, class_prompt)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + rank)  # rank 0 (and a single process): `seed` itself
 
     # 3. resume from the last training state, if one was written
     step = 0
@@ -210,29 +248,23 @@ def train_dreambooth(
         if text_encoder is not None and "text_encoder" in state:
             text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
+        if world > 1 and len(state.get("rng_ranks", ())) != world:
+            raise RuntimeError(f"{state_path}: a training state of {len(state.get('rng_ranks', ())) or 1} rank(s); "
+                               f"this run has {world}")
+        gen.set_state(state["rng_ranks"][rank] if world > 1 else state["rng"])
         step = state["step"]
 
     # 4. the training loop
-    n_inst, n_cls = fixed.n_instance, len(fixed.mean) - fixed.n_instance
     a_bar = bb.alphas_cumprod
     bar = progress_bar(total=total, initial=step, desc=f"DreamBooth {cfg.mode}")
     while step < total:
-        # 4a. a batch of subject images (and as many class images), latents drawn from the VAE posterior
-        idx = torch.randint(n_inst, (cfg.batch_size,), generator=gen)
-        which = torch.zeros(cfg.batch_size, dtype=torch.long)
-        if use_prior:
-            idx = torch.cat([idx, n_inst + torch.randint(n_cls, (cfg.batch_size,), generator=gen)])
-            which = torch.cat([which, torch.ones(cfg.batch_size, dtype=torch.long)])
-        z_noise = torch.randn(fixed.mean[idx].shape, generator=gen).to(bb.device)
-        x0 = fixed.mean[idx] + fixed.std[idx] * z_noise
+        # 4a. this rank's batch of subject images (and as many class images), latents from the VAE posterior
+        x0, eps, t, which = _draw_batch(fixed, cfg.batch_size, use_prior, gen, bb)  # (B,C,r,r) x2, (B,), (B,)
         # 4b. forward diffusion at a random timestep
-        eps = torch.randn(x0.shape, generator=gen).to(bb.device)
-        t = torch.randint(bb.num_train_timesteps, (len(idx),), generator=gen).to(bb.device)
         x_t = diffusion.add_noise(x0, eps, a_bar[t])
         # 4c. one UNet call for subject + class images
         emb = bb.embed_tokens(fixed.ids, fixed.mask, text_encoder) if text_encoder is not None else fixed.emb
-        pred = bb.unet_output(x_t, t, emb[which.to(bb.device)], unet)
+        pred = bb.unet_output(x_t, t, emb[which], unet)
         err = ((pred - bb.training_target(x0, eps, t)) ** 2).flatten(1).mean(1)
         inst_loss = err[: cfg.batch_size].mean()
         prior_loss = err[cfg.batch_size:].mean() if use_prior else torch.zeros((), device=bb.device)
@@ -240,6 +272,7 @@ def train_dreambooth(
         # 4d. update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients_(params)  # N ranks: the gradient of all N x batch_size samples, on every rank
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -248,31 +281,42 @@ def train_dreambooth(
         bar.set_postfix(loss=f"{inst_loss.item():.4f}", prior=f"{prior_loss.item():.4f}")
         if callback is not None:
             callback(step, inst_loss.item(), prior_loss.item())
-        # 4e. checkpoints and resumable state
+        # 4e. checkpoints and resumable state (rank 0 writes; the others wait for the files)
         if step in ckpts and ckpts[step] is None:
-            folder = out_dir / f"step-{step:06d}"
-            save_checkpoint(unet, text_encoder, cfg.mode, folder)
+            folder = checkpoint_folder(out_dir, step)
             ckpt = DreamBoothCheckpoint(path=str(folder), step=step, mode=cfg.mode, key=content_key(key, step),
                                         backbone_key=bb.key, text_encoder=text_encoder is not None)
-            mark_done(folder, ckpt)
+            if rank == 0:
+                save_checkpoint(unet, text_encoder, cfg.mode, folder)
+                mark_done(folder, ckpt)
+            barrier()
             ckpts[step] = ckpt
         if step < total and (step in ckpts or (cfg.resume_every and step % cfg.resume_every == 0)):
-            _save_state(state_path, step, unet, text_encoder, optimizer, gen)
+            rngs = gather_objects(gen.get_state()) if world > 1 else None  # every rank's generator
+            if rank == 0:
+                _save_state(state_path, step, unet, text_encoder, optimizer, gen, rngs)
     bar.close()
-    state_path.unlink(missing_ok=True)
-    atomic_write_json(out_dir / "run.json", {"key": key, "steps": total, "mode": cfg.mode,
-                                             "prior": use_prior, "instance_prompt": instance_prompt,
-                                             "class_prompt": class_prompt})
+    if rank == 0:
+        state_path.unlink(missing_ok=True)
+        atomic_write_json(out_dir / "run.json", {"key": key, "steps": total, "mode": cfg.mode,
+                                                 "prior": use_prior, "instance_prompt": instance_prompt,
+                                                 "class_prompt": class_prompt,
+                                                 **({"world_size": world} if world > 1 else {})})
+    barrier()
     return ckpts
 
 
-def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch.Generator) -> None:
+def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch.Generator,
+                rng_ranks: list[Tensor] | None = None) -> None:
+    """The resumable state; `rng_ranks`: every rank's generator state when data parallel."""
     state = {
         "step": step,
         "unet": {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad},
         "optimizer": optimizer.state_dict(),
         "rng": gen.get_state(),
     }
+    if rng_ranks is not None:
+        state["rng_ranks"] = rng_ranks
     if text_encoder is not None:
         state["text_encoder"] = text_encoder.state_dict()
     tmp = path.with_name(f".{path.name}.tmp")
@@ -281,11 +325,16 @@ def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch
 
 
 def run_key(bb: Backbone, cfg: DreamBoothConfig, images: Tensor, instance_prompt: str, class_prompt: str,
-            class_key: str, seed: int, init: DreamBoothCheckpoint | None) -> str:
-    """Content key of a DreamBooth run: what it reads, not the whole config."""
+            class_key: str, seed: int, init: DreamBoothCheckpoint | None, world_size: int = 1) -> str:
+    """Content key of a DreamBooth run: what it reads, not the whole config.
+
+    `world_size` > 1 (data parallel: N x batch_size samples a step, N generators) is part of it.
+    """
     digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
     fields = {k: getattr(cfg, k) for k in ("identifier", "mode", "lora_rank", "train_text_encoder", "learning_rate",
                                             "batch_size", "prior_preservation", "prior_weight", "max_grad_norm")}
+    if world_size > 1:
+        fields["world_size"] = world_size
     return content_key("dreambooth", bb.key, fields, digest, instance_prompt, class_prompt, class_key, seed,
                        init.key if init else None)
 

@@ -3,21 +3,28 @@
 Content-addressed: the run lives under `<artifacts>/dreambooth/<key>/`, where the key hashes the
 backbone, the subject's pixels, the prompts, the class images and the DreamBooth fields that the
 run reads. A sweep over a later-stage setting finds the same folder and trains nothing.
+
+Data parallel under torch.distributed (N > 1 ranks, e.g. a Ray Train worker group): every rank
+calls dreambooth_run; rank 0 takes the run's lock and writes, and the key names N, since the run
+trains on N x batch_size images a step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .artifacts import DreamBoothCheckpoint, artifact_lock, content_key
+from .artifacts import DreamBoothCheckpoint, artifact_lock, content_key, read_done
 from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject, format_prompt
-from .dreambooth import class_images, load_dreambooth, run_key, train_dreambooth
+from .data_parallel import rank_and_world
+from .dreambooth import checkpoint_folder, class_images, load_dreambooth, run_key, train_dreambooth
 
 
 def default_cache_dir(cfg: RunConfig) -> Path:
@@ -49,30 +56,62 @@ class Personalized:
     """Wall time spent here (class images + training; ~0 when reused)."""
 
 
+def _class_key(cfg: RunConfig, bb: Backbone, subject: Subject) -> str | None:
+    """Key of the class images of the prior-preservation loss; None when the run uses none."""
+    db = cfg.dreambooth
+    if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
+        return content_key(bb.key, class_prompt(subject), db.num_class_images, cfg.seed, bb.sample_steps)
+    return None
+
+
+def dreambooth_folder(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor, artifacts: Path,
+                      init: DreamBoothCheckpoint | None = None, world_size: int = 1) -> Path:
+    """<artifacts>/dreambooth/<key> of the run on `images` by `world_size` data-parallel ranks."""
+    key = run_key(bb, cfg.dreambooth, images, instance_prompt(cfg, subject), class_prompt(subject),
+                  _class_key(cfg, bb, subject), cfg.seed, init, world_size)
+    return Path(artifacts) / "dreambooth" / key
+
+
+def finished_dreambooth(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor, artifacts: Path,
+                        steps: list[int], init: DreamBoothCheckpoint | None = None,
+                        world_size: int = 1) -> dict[int, DreamBoothCheckpoint] | None:
+    """The run's checkpoints when every step in `steps` is done (nothing trains), else None."""
+    folder = dreambooth_folder(cfg, bb, subject, images, artifacts, init, world_size)
+    ckpts = {s: read_done(checkpoint_folder(folder, s), DreamBoothCheckpoint) for s in steps}
+    return ckpts if all(c is not None for c in ckpts.values()) else None
+
+
 def dreambooth_run(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor, artifacts: Path,
                    steps: list[int], init: DreamBoothCheckpoint | None = None) -> dict[int, DreamBoothCheckpoint]:
-    """One content-addressed DreamBooth run on `images` (from `init` if given), under its lock."""
+    """One content-addressed DreamBooth run on `images` (from `init` if given), under its lock.
+
+    Data parallel when torch.distributed runs N > 1 ranks: all call this, rank 0 holds the lock.
+    """
     db = cfg.dreambooth
+    rank, world = rank_and_world()
     # 1. class images for the prior-preservation loss (cached by backbone, class, count, seed)
-    cls_imgs, cls_key = None, None
-    if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
+    cls_imgs = None
+    if _class_key(cfg, bb, subject) is not None:
         cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
-        cls_key = content_key(bb.key, class_prompt(subject), db.num_class_images, cfg.seed, bb.sample_steps)
-    # 2. the run, keyed by what it reads
-    key = run_key(bb, db, images, instance_prompt(cfg, subject), class_prompt(subject), cls_key, cfg.seed, init)
-    with artifact_lock(artifacts / "dreambooth" / key):
-        return train_dreambooth(bb, db, images, instance_prompt(cfg, subject), artifacts / "dreambooth" / key,
-                                steps, cfg.seed, key, cls_imgs, class_prompt(subject), init=init)
+    # 2. the run, keyed by what it reads (the other ranks follow rank 0 in at train_dreambooth's first barrier)
+    folder = dreambooth_folder(cfg, bb, subject, images, artifacts, init, world)
+    with artifact_lock(folder) if rank == 0 else contextlib.nullcontext():
+        return train_dreambooth(bb, db, images, instance_prompt(cfg, subject), folder, steps, cfg.seed, folder.name,
+                                cls_imgs, class_prompt(subject), init=init)
+
+
+DreamBoothRunner = Callable[..., "dict[int, DreamBoothCheckpoint]"]
+"""dreambooth_run's signature: how a method runs DreamBooth (sweeps on Ray Train pass their own)."""
 
 
 def personalize(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch.Tensor,
-                artifacts: Path) -> Personalized:
+                artifacts: Path, run: DreamBoothRunner = dreambooth_run) -> Personalized:
     """Train (or reuse) the subject's DreamBooth; checkpoints at partial_steps and full_steps."""
     start = time.perf_counter()
     db = cfg.dreambooth
     # one run, two checkpoints (a zero-step checkpoint is the base model itself)
     steps = [s for s in (db.partial_steps, db.full_steps) if s > 0]
-    ckpts = dreambooth_run(cfg, bb, subject, images, artifacts, steps) if steps else {}
+    ckpts = run(cfg, bb, subject, images, artifacts, steps) if steps else {}
     base = DreamBoothCheckpoint(path="", step=0, mode="base", key=bb.key, backbone_key=bb.key)
     return Personalized(partial=ckpts.get(db.partial_steps, base), full=ckpts.get(db.full_steps, base),
                         seconds=time.perf_counter() - start)

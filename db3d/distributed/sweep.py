@@ -182,7 +182,11 @@ def run_sweep(argv: list[str]) -> int:
 
     overrides = overrides + _sweep_captions(points, overrides, spec, out)
     for p in points:
-        check_metric_weights(compose(list(p.overrides) + overrides))
+        cfg = compose(list(p.overrides) + overrides)
+        check_metric_weights(cfg)
+        if cfg.dreambooth.num_workers > 1 and opts.get("trainer", "inline") != "ray_train":
+            raise SweepError(f"dreambooth.num_workers={cfg.dreambooth.num_workers}: data-parallel DreamBooth runs "
+                             "as a Ray Train TorchTrainer of that many workers; add trainer=ray_train")
     reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
     sweep = {"name": spec.name, "out": str(out), "reuse": reuse, "overrides": overrides,
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,

@@ -1,8 +1,11 @@
 """The Tune function trainable: the driver of one subject x prompt x hyperparameter point.
 
     1. compose the trial's config (sweep overrides + grid cell + drawn search values)
-    2. run the method: inline in the trial's worker, or as a Ray Train TorchTrainer (Train V2:
-       a trainer launched inside the Tune function, `Tuner(trainer)` no longer works)
+    2. run the method: inline in the trial's worker, or as Ray Train TorchTrainers (Train V2:
+       trainers launched inside the Tune function, `Tuner(trainer)` no longer works): a
+       one-worker trainer for the method and, with dreambooth.num_workers=N > 1, an N-worker
+       data-parallel trainer for each DreamBooth run (dreambooth_train.py: the method then runs
+       in passes that stop where a DreamBooth run is missing)
     3. write the trial's one Parquet row (status ok, or failed with the error) and report to Tune
 
 Stages are content-addressed in the sweep's shared artifact store, so a retried trial (Tune's
@@ -11,15 +14,19 @@ FailureConfig) resumes from the last finished stage and the state files inside a
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import traceback
 from pathlib import Path
 
-from ..artifacts import content_key
+from ..artifacts import atomic_write_json, content_key
 from ..config import compose, quote
 from ..data import resolve_subject
 from ..results import result_row
 from ..run import save_config
+from .dreambooth_train import (REQUEST_FILE, NeedDreamBooth, dreambooth_or_request, load_request,
+                               run_dreambooth_trainer, save_request)
 from .sink import write_trial_row, write_view_rows
 from .spec import search_overrides
 from .storage import join, upload_dir
@@ -39,8 +46,11 @@ def _results_root(sweep: dict):
     return sweep.get("results") or Path(sweep["out"]) / "results"
 
 
-def _method_body(config: dict) -> dict:
-    """Compose, run every stage, return the trial's row. Runs in a Tune or Train worker."""
+def _method_body(config: dict, run_dreambooth=None, seconds: dict | None = None) -> dict:
+    """Compose, run every stage, return the trial's row. Runs in a Tune or Train worker.
+
+    `run_dreambooth` and `seconds` go to run_method (a method pass of a Ray Train trial).
+    """
     from ..stages import run_method
 
     overrides, trial_id = trial_config(config)
@@ -67,11 +77,13 @@ def _method_body(config: dict) -> dict:
 
     # early stopping (ASHA) reads the last NeRF stage's loss as it falls
     progress = report_loss if sweep.get("scheduler") else None
-    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress)
+    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress,
+                        run_dreambooth=run_dreambooth, seconds=seconds)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
-    gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs this trial holds (fractional allowed)
-    row.update({f"gpu_seconds.{k}": float(v) * gpus for k, v in result.seconds.items()})
+    gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs a worker holds (fractional allowed)
+    workers = {"dreambooth_train": cfg.dreambooth.num_workers}  # the data-parallel DreamBooth trainers
+    row.update({f"gpu_seconds.{k}": float(v) * gpus * workers.get(k, 1) for k, v in result.seconds.items()})
     views = result.metrics.get("views", [])
     if sweep.get("publish"):  # results go to a URI: upload the exports, point the row at them
         uploaded = upload_dir(out / "exports", join(sweep["publish"], trial_id, "exports"))
@@ -82,16 +94,38 @@ def _method_body(config: dict) -> dict:
     return row
 
 
+def _pass_files(config: dict) -> tuple[Path, Path]:
+    """(outcome, DreamBooth request) of a method pass, in the trial's folder. Train V2's Result
+    carries only metrics reported with a checkpoint, so a pass tells its trial through files."""
+    folder = Path(config["sweep"]["out"]) / "trials" / trial_config(config)[1]
+    return folder / "pass.json", folder / REQUEST_FILE
+
+
+def _numbers(row: dict) -> dict:
+    return {k: float(v) for k, v in row.items()
+            if k.startswith(("metric.", "seconds.", "nerf_")) and isinstance(v, (int, float)) and v == v}
+
+
 def _train_loop(config: dict) -> None:
-    """Ray Train worker: rank 0 runs the method and reports its row's numbers."""
+    """Ray Train worker of a method pass: rank 0 runs the method and writes its row, or stops
+    where a DreamBooth run on N workers is missing and saves that run's request."""
     import ray.train
 
     os.environ["DB3D_QUIET"] = "1"
-    row = _method_body(config) if ray.train.get_context().get_world_rank() == 0 else {}
-    if row:
-        write_trial_row(_results_root(config["sweep"]), row)
-    ray.train.report({k: float(v) for k, v in row.items()
-                      if k.startswith(("metric.", "seconds.")) and isinstance(v, (int, float)) and v == v})
+    metrics = {}
+    if ray.train.get_context().get_world_rank() == 0:
+        outcome, request = _pass_files(config)
+        seconds = dict(config.get("seconds", {}))  # the earlier passes' stage times, added to
+        try:
+            row = _method_body(config, dreambooth_or_request, seconds)
+        except NeedDreamBooth as need:
+            save_request({**need.request, "seconds": seconds}, request)
+            metrics = {"need_dreambooth": 1.0}
+        else:
+            write_trial_row(_results_root(config["sweep"]), row)
+            metrics = _numbers(row)
+        atomic_write_json(outcome, metrics)
+    ray.train.report(metrics)
 
 
 def run_trial(config: dict) -> None:
@@ -117,26 +151,45 @@ def run_trial(config: dict) -> None:
         write_trial_row(results, row)
         raise
     # the trial's numbers to Tune (searchers such as Optuna optimise one of them)
-    numbers = {k: float(v) for k, v in row.items()
-               if k.startswith(("metric.", "seconds.", "nerf_")) and isinstance(v, (int, float)) and v == v}
-    tune.report({"done": 1, "trial_id": trial_id, **numbers})
+    tune.report({"done": 1, "trial_id": trial_id, **_numbers(row)})
 
 
-def _run_in_trainer(config: dict, trial_id: str) -> dict:
-    """The method as a one-worker TorchTrainer (GPU when the sweep asks for one)."""
+def _run_in_trainer(config: dict, trial_id: str, max_passes: int = 6) -> dict:
+    """The method as one-worker TorchTrainer passes (GPU when the sweep asks for one), with each
+    missing DreamBooth run on N > 1 workers trained in between (dreambooth_train.py)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     sweep = config["sweep"]
     gpu = float(sweep.get("resources", {}).get("gpu", 0))
     cpu = float(sweep.get("resources", {}).get("cpu", 1))
-    trainer = TorchTrainer(  # the trial itself holds one CPU; the worker holds the sweep's resources
-        _train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu > 0,
-                                     resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
-        run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(Path(sweep["out"]) / "ray_train"),
-                             failure_config=FailureConfig(max_failures=int(sweep.get("max_failures", 1)))),
-    )
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    seconds: dict = {}  # stage -> wall time over the passes (dreambooth_train: the N-worker trainers)
+    requested: set[str] = set()
+    outcome, request_file = _pass_files(config)
+    for n_pass in range(max_passes):
+        outcome.unlink(missing_ok=True)
+        # 1. a method pass: every finished stage is reused, the rest runs until done or a missing DreamBooth
+        trainer = TorchTrainer(  # the trial itself holds one CPU; the worker holds the sweep's resources
+            _train_loop,
+            train_loop_config={**config, "seconds": seconds},
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu > 0,
+                                         resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
+            run_config=RunConfig(name=f"train-{trial_id}" + (f"-{n_pass}" if n_pass else ""),
+                                 storage_path=str(Path(sweep["out"]) / "ray_train"),
+                                 failure_config=FailureConfig(max_failures=int(sweep.get("max_failures", 1)))),
+        )
+        trainer.fit()
+        metrics = json.loads(outcome.read_text())
+        if not metrics.get("need_dreambooth"):
+            return metrics
+        # 2. the DreamBooth run it stopped at, data parallel on N workers
+        request = load_request(request_file)
+        if request["key"] in requested:
+            raise RuntimeError(f"DreamBooth run {request['key']} was trained but the method asked for it again")
+        requested.add(request["key"])
+        seconds = request["seconds"]
+        start = time.perf_counter()
+        run_dreambooth_trainer(request_file, sweep, f"dreambooth-{trial_id}-{request['key']}")
+        request_file.unlink()
+        seconds["dreambooth_train"] = seconds.get("dreambooth_train", 0.0) + time.perf_counter() - start
+    raise RuntimeError(f"trial {trial_id}: the method did not finish in {max_passes} passes")
