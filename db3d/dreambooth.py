@@ -114,11 +114,9 @@ def checkpoint_folder(out_dir: Path, step: int) -> Path:
 
 def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = False) -> Backbone:
     """The backbone with the checkpoint's weights (fp32 + train mode when trainable)."""
-    from diffusers import UNet2DConditionModel
-
     text_encoder = None
     if ckpt.mode == "full":
-        unet = UNet2DConditionModel.from_pretrained(Path(ckpt.path) / "unet")
+        unet = type(bb.unet).from_pretrained(Path(ckpt.path) / "unet")  # UNet2DConditionModel or a subclass
         if ckpt.text_encoder:
             text_encoder = type(bb.text_encoder).from_pretrained(Path(ckpt.path) / "text_encoder")
     else:

@@ -55,7 +55,8 @@ def _count(store: Path, stage: str) -> int:
 # --- no Ray ------------------------------------------------------------------------------------
 def test_demo_spec_expands_to_its_grid(tmp_path):
     points = expand(load_spec("demo"), tmp_path)
-    assert len(points) == 2 * 2 * 2 * 2  # subjects x prompts x methods x lambda_recon
+    assert len(points) == 2 * 1 * 2  # ToyWorld subjects x prompts x methods
+    assert {p.class_noun for p in points} == {"toy"} and all("backbone=toy" in p.overrides for p in points)
     assert len({p.id for p in points}) == len(points)
     assert expand(load_spec("demo"), tmp_path) == points  # stable ids: restores find their rows
 
@@ -72,7 +73,9 @@ def test_dataset_spec_uses_the_table(shared_dataset, tmp_path):
 def test_a_sweeps_prompt_set_is_its_r_precision_caption_set(tmp_path):
     from db3d.distributed.sweep import _sweep_captions
 
-    spec = load_spec("demo")
+    two = tmp_path / "two.yaml"
+    two.write_text('name: two\nsubjects: {generated: 1}\nprompts: ["a {0} {1}", "a {0} {1} on a wooden table"]\n')
+    spec = load_spec(str(two))
     points = expand(spec, tmp_path)
     (override,) = _sweep_captions(points, [], spec, tmp_path)
     assert override.startswith("metrics.captions=")

@@ -98,3 +98,40 @@ def test_dreambooth_runs_on_the_toy_prior(trained, tmp_path, mode):
     assert type(tuned.unet) is prior.ToyUNet
     x, t, emb = torch.randn(1, 3, 32, 32), torch.tensor([400]), bb.encode_prompts(["a sks toy"])
     assert not torch.allclose(tuned.predict_eps(x, t, emb), bb.predict_eps(x, t, emb), atol=1e-5)
+
+
+# --- the shipped prior ------------------------------------------------------------------------
+def _front_renders(obj, res=32):
+    """Ground-truth renders from the front arc at a few distances (the prior's training range)."""
+    from db3d.cameras import cameras_at
+    from db3d.toyworld.render import render_object
+
+    az = torch.tensor([-40.0, -20.0, 0.0, 20.0, 40.0]).repeat(3)
+    views = [cameras_at(az[:5], torch.full((5,), 15.0), d, 55.0, res) for d in (1.5, 1.75, 2.0)]
+    return torch.cat([render_object(obj, c).rgb for c in views]).permute(0, 3, 1, 2)  # (15, 3, R, R)
+
+
+def test_shipped_prior_draws_each_captions_object():
+    """Samples for a caption are closer to that caption's object than to the other objects'."""
+    from db3d.toyworld.world import enumerate_world
+
+    bb = build_backbone(BackboneConfig(kind="toy", resolution=32, device="cpu"))
+    world = enumerate_world()
+    objects = [world[i] for i in (0, 3, 6, 9, 12, 15)]
+    n = 3
+    prompts = [f"{o.caption}, front view" for o in objects for _ in range(n)]
+    gen = torch.Generator().manual_seed(0)
+    samples = bb.sample(bb.encode_prompts(prompts), bb.encode_prompts([""]), 5.0, gen, n_steps=20)
+    refs = [_front_renders(o) for o in objects]
+    # distance of each sample to each object: the best-matching ground-truth view
+    dist = torch.stack([torch.stack([((ref - s[None]) ** 2).flatten(1).mean(-1).min() for ref in refs])
+                        for s in samples])  # (K n, K)
+    truth = torch.arange(len(objects)).repeat_interleave(n)
+    accuracy = float((dist.argmin(-1) == truth).float().mean())
+    per_caption = dist.reshape(len(objects), n, len(objects)).mean(1)  # (K, K)
+    own_closer = sum(int(per_caption[k, k] < per_caption[k][torch.arange(len(objects)) != k].min())
+                     for k in range(len(objects)))
+    print(f"sample -> object accuracy {accuracy:.2f} (chance {1 / len(objects):.2f}); "
+          f"captions whose own object is closest on average: {own_closer}/{len(objects)}")
+    assert accuracy >= 0.5
+    assert own_closer >= 4

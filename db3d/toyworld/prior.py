@@ -9,7 +9,9 @@ DreamBooth (full and LoRA), SDS and img2img run on it unchanged:
     text_encoder  a 2-layer T5 encoder (width 64), trained with the UNet from scratch.
     tokenizer     a unigram (T5) tokenizer built in memory: every ToyWorld word is one piece,
                   any other lowercase text falls back to characters (so "sks" is three pieces).
-    scheduler     DDPM, 1000 steps, cosine (squaredcos_cap_v2) betas, eps prediction.
+    scheduler     DDPM, 1000 steps, cosine (squaredcos_cap_v2) betas, v-prediction (an eps model
+                  this small cannot recover x_0 at the cosine schedule's near-zero-signal end:
+                  x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a) amplifies its error by 1 / sqrt(a)).
 
 The trained weights ship in ``db3d/toyworld/weights/`` (fp16 safetensors, loaded as fp32);
 ``db3d toyworld train-prior`` reproduces them (its config is saved beside them).
@@ -84,7 +86,7 @@ def toy_text_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
 
 def toy_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon", clip_sample=True)
+                         prediction_type="v_prediction", clip_sample=True)
 
 
 def new_components(resolution: int = 32, seed: int = 0) -> dict:

@@ -5,7 +5,7 @@
 1. Render the world (``enumerate_world``): every object as itself and as a few variants (new
    proportions and decals under the same caption), from random training cameras (the NeRF
    stages' camera distribution), captioned with view words. Cached in DIR/data.pt.
-2. Train the UNet and the text encoder together with the eps-prediction loss, with caption
+2. Train the UNet and the text encoder together with the v-prediction loss, with caption
    dropout (the empty prompt, for classifier-free guidance) and the generic caption "a toy" (the
    subjects' class prompt), keeping an exponential moving average of the weights.
 3. Save a resumable state every `checkpoint_every` steps (DIR/state.pt) and the averaged weights
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from db3d import diffusion
 from db3d.artifacts import atomic_write_json
 from db3d.cameras import sample_random_cameras
 from db3d.progress import bar
@@ -199,13 +200,13 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
         ids[drop], mask[drop] = ids_empty, mask_empty
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        x_t = diffusion.add_noise(x0, eps, alphas[t])
         lr = cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup))
         for g in opt.param_groups:
             g["lr"] = lr
         emb = text_encoder(ids, attention_mask=mask)[0]
-        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=emb).sample, eps)
+        target = diffusion.velocity(x0, eps, alphas[t])  # v = sqrt(a) eps - sqrt(1 - a) x_0
+        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=emb).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
