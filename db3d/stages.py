@@ -210,7 +210,8 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
     if cfg.metrics.enabled and truth is not None and not final.latent:  # a ToyWorld subject: score against its true shape
         from .toyworld.evaluate import score_field
 
-        metrics.update(_timed(ctx, "toy_metrics", score_field, final.field_file, truth, cfg.nerf.n_samples, bb.device))
+        metrics.update(_timed(ctx, "toy_metrics", score_field, final.field_file, truth, cfg.nerf.n_samples, bb.device,
+                              out / "exports" / "toy_compare.png"))
     for name in ("export", "metrics", "toy_metrics"):
         ctx.keys.pop(name, None)
     return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,

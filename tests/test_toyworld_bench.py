@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from db3d.data import inspect_subject, resolve_subject
@@ -17,13 +18,14 @@ from db3d.cameras import cameras_at
 N, RES = 8, 32
 
 
-def _subject():
-    return build_object("stack", ("box", "ball"), ("blue", "red"), feature_shape="square", feature_colour="yellow",
+def _subject(decal="yellow"):
+    return build_object("stack", ("box", "ball"), ("blue", "red"), feature_shape="square", feature_colour=decal,
                         proportions=((1.2, 0.8), (0.9, 0.9)))
 
 
-def test_perfect_render_scores_max_and_ranks_first():
-    obj = _subject()
+@pytest.mark.parametrize("decal", ["yellow", "white"])  # a white decal on a white background
+def test_perfect_render_scores_max_and_ranks_first(decal):
+    obj = _subject(decal)
     gt = render_object(obj, score_cameras(N, RES)).rgb
     s = score_renders(gt, obj, N, RES, world_size=20)
     assert s["metric.toy.psnr.all"] > 90 and s["metric.toy.psnr.back"] > 90  # identical images (capped MSE)
@@ -32,13 +34,15 @@ def test_perfect_render_scores_max_and_ranks_first():
     assert s["metric.toy.janus"] < 0.01
 
 
-def test_front_on_both_sides_scores_high_janus():
+@pytest.mark.parametrize("decal", ["yellow", "white"])
+def test_front_on_both_sides_scores_high_janus(decal):
     # renders of the object turned by 180 degrees: every back view shows the front and its decal
-    obj = _subject()
+    obj = _subject(decal)
     cams = score_cameras(N, RES)
     turned = cameras_at(cams.azimuth_deg + 180.0, cams.elevation_deg, 1.75, 50.0, RES)
-    pred = render_object(obj, turned).rgb
-    s = score_renders(pred, obj, N, RES, world_size=20)
+    r = render_object(obj, turned)
+    pred = r.rgb
+    s = score_renders(pred, obj, N, RES, world_size=20, alpha=r.alpha)
     assert s["metric.toy.janus"] > 0.5
     assert s["metric.toy.psnr.back"] < 40
     # a blank (all white) prediction has neither decal nor object

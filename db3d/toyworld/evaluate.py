@@ -38,10 +38,18 @@ def _world_renders(n_views: int, resolution: int, world_size: int) -> tuple[torc
 
 
 def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, resolution: int = RESOLUTION,
-                  world_size: int = WORLD_SIZE) -> dict[str, float]:
-    """Scores of renders pred (V, H, W, 3) taken from score_cameras(V, H) against obj."""
+                  world_size: int = WORLD_SIZE, compare_png=None, alpha: torch.Tensor | None = None
+                  ) -> dict[str, float]:
+    """Scores of renders pred (V, H, W, 3) (opacity alpha (V, H, W, 1) if known) taken from
+    score_cameras(V, H) against obj.
+
+    compare_png: also save a grid, ground truth above the renders, one column per view."""
     cams = score_cameras(n_views, resolution)
     gt = render_object(obj, cams)
+    if compare_png is not None:
+        from db3d.export import save_grid
+
+        save_grid(torch.cat([gt.rgb, pred]).permute(0, 3, 1, 2), compare_png, columns=n_views)
     back = scores.back_half(cams.azimuth_deg)
     front = ~back
     p_all, s_all = scores.psnr(pred, gt.rgb), scores.ssim(pred, gt.rgb)
@@ -54,17 +62,24 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
         "metric.toy.retrieval_rank": scores.retrieval_rank(pred, candidates, 0),
         "metric.toy.retrieval_candidates": len(candidates),
         "metric.toy.janus": scores.janus_score(pred[back], gt.feature[back], gt.feature[front],
-                                               COLOUR_RGB[obj.feature.colour]),
+                                               COLOUR_RGB[obj.feature.colour],
+                                               None if alpha is None else alpha[back]),
     }
 
 
 @torch.no_grad()
-def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu") -> dict:
-    """Render a saved NeRF on the scoring orbit and score it against obj."""
-    from db3d.export import load_field, turntable
+def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu",
+                compare_png=None) -> dict:
+    """Render a saved NeRF on the scoring orbit and score it against obj (compare_png: see score_renders)."""
+    from db3d.export import load_field
+    from db3d.nerf.render import render_views
 
     field = load_field(field_file, torch.device(device)).eval()
     white = torch.ones(getattr(field.config, "color_channels", 3))
-    pred = turntable(field, N_VIEWS, RESOLUTION, elevation_deg=ELEVATION, distance=DISTANCE, fov_y_deg=FOV,
-                     n_samples=n_samples, shading="albedo", background=white)  # (V, 3, H, W)
-    return score_renders(pred.permute(0, 2, 3, 1).clamp(0, 1).cpu(), obj)
+    cams = score_cameras().to(device)
+    rgb, alpha = [], []
+    for start in range(0, len(cams), 8):
+        out = render_views(field, cams[start:start + 8], n_samples=n_samples, shading="albedo", background=white)
+        rgb.append(out.rgb.clamp(0, 1).cpu())
+        alpha.append(out.opacity.cpu())
+    return score_renders(torch.cat(rgb), obj, compare_png=compare_png, alpha=torch.cat(alpha))

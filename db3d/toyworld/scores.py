@@ -58,13 +58,19 @@ def colour_mask(images: Tensor, rgb: tuple[float, float, float], tol: float = DE
 
 
 def janus_score(pred_back: Tensor, gt_back_feature: Tensor, gt_front_feature: Tensor,
-                decal_rgb: tuple[float, float, float]) -> float:
+                decal_rgb: tuple[float, float, float], pred_back_alpha: Tensor | None = None) -> float:
     """Extra decal on the back, in units of the front view's decal.
 
     pred_back (Vb,H,W,3): the NeRF's back views; gt_back_feature (Vb,H,W,1): ground-truth decal
-    coverage there (about 0); gt_front_feature (Vf,H,W,1): decal coverage of front views.
+    coverage there (about 0); gt_front_feature (Vf,H,W,1): decal coverage of front views;
+    pred_back_alpha (Vb,H,W,1): the NeRF's opacity, so that a white decal is not confused with the
+    white background (without it, near-white pixels count as background).
     """
-    extra = colour_mask(pred_back, decal_rgb) & (gt_back_feature[..., 0] < 0.5)
+    if pred_back_alpha is None:
+        on_object = (1.0 - pred_back).abs().amax(-1) > 0.03
+    else:
+        on_object = pred_back_alpha[..., 0] > 0.5
+    extra = colour_mask(pred_back, decal_rgb) & (gt_back_feature[..., 0] < 0.5) & on_object
     front = gt_front_feature[..., 0].flatten(1).mean(-1).mean().clamp_min(1e-6)
     return float(extra.float().flatten(1).mean(-1).mean() / front)
 
