@@ -92,3 +92,55 @@ def test_captures_show_the_front_decal():
     cams = cameras_at(torch.tensor([-CAPTURE_ARC, 0.0, CAPTURE_ARC]), torch.tensor([0.0, 15.0, 30.0]), 1.75, 50.0, 48)
     coverage = render_object(obj, cams).feature.flatten(1).mean(-1)
     assert (coverage > 0.005).all()
+
+
+@pytest.mark.slow
+def test_bench_runs_end_to_end_and_tabulates(tmp_path):
+    """`db3d toyworld bench` at a tiny size: ToyWorld subjects, a local Ray sweep, rows, a table."""
+    import os
+    import subprocess
+    import sys
+
+    from db3d.distributed.sink import read_results
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("""name: tinybench
+overrides: [backbone=toy, preset=toy, nerf.steps=4, dreambooth.partial_steps=2, dreambooth.full_steps=2,
+            dreambooth.multiview_steps=2, dreambooth.num_class_images=2, pseudo.n_views=2, backbone.sample_steps=2,
+            export.turntable_frames=2, export.mesh_resolution=16]
+prompts: ["a {0} {1}"]
+grid:
+  method: [dreambooth3d, dreambooth_fusion]
+resources: {cpu: 1, gpu: 0}
+max_concurrent: 2
+""")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "db3d.cli", "toyworld", "bench", f"out={out}", "subjects=1",
+                           f"sweep={spec}", "num_cpus=2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_results(out / "results")
+    assert len(rows) == 2 and set(rows["status"]) == {"ok"}
+    assert set(rows["subject"].astype(str)) == {"toy00"} and set(rows["class_noun"]) == {"toy"}
+    assert rows["metric.toy.psnr.all"].between(3, 60).all() and rows["metric.toy.retrieval_rank"].ge(1).all()
+    assert (rows["metric.toy.retrieval_candidates"] == 121).all()
+    table = (out / "bench.md").read_text()
+    assert "| dreambooth3d | 1 |" in table and "| dreambooth_fusion | 1 |" in table
+    assert (out / "subjects" / "toy00" / "toyworld.json").exists()
+    trial_dirs = list((out / "trials").glob("*/exports/toy_compare.png"))
+    assert len(trial_dirs) == 2
+
+
+def test_toyworld_cli(tmp_path, capsys):
+    from db3d.cli import main
+
+    assert main(["toyworld", "subjects", f"out={tmp_path / 's'}", "n=1", "captures=4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "toy00").iterdir()) == ["00.png", "01.png", "02.png", "03.png",
+                                                                            "toyworld.json"]
+    assert main(["toyworld", "samples", f"out={tmp_path / 'g.png'}", "captions=2", "n=2", "steps=2"]) == 0
+    assert (tmp_path / "g.png").exists() and len((tmp_path / "g.txt").read_text().splitlines()) == 2
+    assert main(["toyworld", "subjects"]) == 2
+    assert main(["toyworld", "train-prior", "stepz=1", "out=x"]) == 2
+    assert main(["toyworld", "nope"]) == 2
+    assert "unknown argument" in capsys.readouterr().err
