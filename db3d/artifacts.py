@@ -48,12 +48,10 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 @contextlib.contextmanager
-def artifact_lock(folder: Path):
+def flock_lock(folder: Path):
     """Exclusive lock on `folder` across processes (an flock on `folder.lock` beside it).
 
-    Concurrent trials that need the same artifact take it in turn: the first computes it, the
-    others then find its done.json and reuse it. POSIX file locks: local disks and shared file
-    systems that honour flock (NFSv4, Lustre); object stores need a lock service instead.
+    POSIX file locks: local disks and shared file systems that honour flock (NFSv4, Lustre).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +61,27 @@ def artifact_lock(folder: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_lock_factory = flock_lock
+
+
+def set_lock_factory(factory=None):
+    """Install `factory(folder) -> context manager` as artifact_lock (None: back to flock_lock);
+    returns the previous one. Sweeps whose artifacts live in an object store install a lock
+    service that also fetches and publishes the folder (distributed/artifact_store.py)."""
+    global _lock_factory
+    previous, _lock_factory = _lock_factory, factory or flock_lock
+    return previous
+
+
+def artifact_lock(folder: Path):
+    """Exclusive lock on `folder` across processes, by the installed factory (flock by default).
+
+    Concurrent trials that need the same artifact take it in turn: the first computes it, the
+    others then find its done.json and reuse it.
+    """
+    return _lock_factory(folder)
 
 
 def mark_done(folder: Path, artifact) -> None:

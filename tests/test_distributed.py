@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -261,8 +262,12 @@ def test_trainer_mode_runs_each_trial_in_a_torch_trainer(tmp_path):
     assert any((tmp_path / "o" / "ray_train").iterdir())  # the TorchTrainer's run folder
 
 
-def test_results_and_exports_on_an_s3_compatible_server(tmp_path):
-    """out=s3://... against moto's S3 server on 127.0.0.1: rows and exports land in the bucket."""
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def moto_s3():
+    """moto's S3 server on 127.0.0.1 with a bucket "db3d": (boto3 client, URI query string)."""
     moto_server = Path(sys.executable).with_name("moto_server")
     if not moto_server.exists():
         pytest.skip("moto[server] is not installed in this environment")
@@ -270,39 +275,70 @@ def test_results_and_exports_on_an_s3_compatible_server(tmp_path):
     port = _free_port()
     server = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     try:
-        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
         end = time.time() + 30
         while True:
             try:
-                boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                             aws_secret_access_key="testing").create_bucket(Bucket="db3d")
+                s3.create_bucket(Bucket="db3d")
                 break
             except Exception:
                 if time.time() > end:
                     raise
                 time.sleep(0.3)
-        uri = f"s3://db3d/sweeps/mini?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        spec = _mini_sweep(tmp_path, lambdas=(1.0,))
-        proc = _sweep([f"sweep={spec}", f"out={uri}", f"work={tmp_path / 'work'}", "num_cpus=2"], env=creds)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        os.environ.update(creds)
-        try:
-            df = read_results(uri.replace("sweeps/mini", "sweeps/mini/results"))
-        finally:
-            for key in creds:
-                os.environ.pop(key, None)
-        assert len(df) == 1 and df.loc[0, "status"] == "ok"
-        assert df.loc[0, "uri.mesh.glb"].startswith("s3://db3d/sweeps/mini/trials/")
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d")["Contents"]]
-        assert any(k.endswith("exports/turntable_rgb.mp4") for k in keys)
-        assert any(k.startswith("sweeps/mini/results/method=dreambooth3d/") for k in keys)
+        yield s3, f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_results_and_exports_on_an_s3_compatible_server(tmp_path, moto_s3):
+    """out=s3://... against moto's S3 server on 127.0.0.1: rows and exports land in the bucket."""
+    s3, query = moto_s3
+    uri = f"s3://db3d/sweeps/mini?{query}"
+    spec = _mini_sweep(tmp_path, lambdas=(1.0,))
+    proc = _sweep([f"sweep={spec}", f"out={uri}", f"work={tmp_path / 'work'}", "num_cpus=2"], env=CREDS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    os.environ.update(CREDS)
+    try:
+        df = read_results(uri.replace("sweeps/mini", "sweeps/mini/results"))
+    finally:
+        for key in CREDS:
+            os.environ.pop(key, None)
+    assert len(df) == 1 and df.loc[0, "status"] == "ok"
+    assert df.loc[0, "uri.mesh.glb"].startswith("s3://db3d/sweeps/mini/trials/")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d")["Contents"]]
+    assert any(k.endswith("exports/turntable_rgb.mp4") for k in keys)
+    assert any(k.startswith("sweeps/mini/results/method=dreambooth3d/") for k in keys)
+
+
+def test_stages_are_shared_through_the_bucket_without_a_shared_file_system(tmp_path, moto_s3):
+    """Artifacts published to S3 under the sweep's lock actor: two trials share one DreamBooth
+    run, and a node with an empty local store (the work folder wiped) fetches every stage."""
+    s3, query = moto_s3
+    uri, work = f"s3://db3d/sweeps/mini?{query}", tmp_path / "work"
+    spec = _mini_sweep(tmp_path, lambdas=(0.5, 1.0))
+    args = [f"sweep={spec}", f"out={uri}", f"work={work}", "num_cpus=2"]
+    # 1. two concurrent trials: DreamBooth and stage 1 computed once, published to the bucket
+    proc = _sweep(args, env=CREDS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _count(work, "stage1") == 1 and _count(work, "dreambooth") == 2 and _count(work, "final") == 2
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d", Prefix="sweeps/mini/artifacts/")["Contents"]]
+    done = {k.split("/")[3] for k in keys if k.endswith("/done.json")}
+    assert {"dreambooth", "stage1", "stage2", "final"} <= done
+    # 2. mark the published copies, wipe the local store: a fresh node at the same path
+    for k in keys:
+        if k.endswith("/done.json") and k.split("/")[3] in ("stage1", "final"):
+            s3.put_object(Bucket="db3d", Key=k.rsplit("/", 1)[0] + "/fetched.txt", Body=b"from the bucket")
+    shutil.rmtree(work)
+    proc = _sweep(args, env=CREDS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 3. every stage came from the bucket (the marker is in each local folder), none recomputed
+    for stage in ("stage1", "final"):
+        folders = [p for p in (work / "artifacts" / stage).iterdir() if p.is_dir()]
+        assert folders and all((p / "fetched.txt").exists() for p in folders)
+    assert _count(work, "stage1") == 1 and _count(work, "dreambooth") == 2
 
 
 def test_asha_stops_trials_whose_nerf_loss_lags(tmp_path):

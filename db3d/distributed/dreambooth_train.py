@@ -32,6 +32,7 @@ import torch
 
 from ..dreambooth import STATE_FILE
 from ..personalize import dreambooth_folder, dreambooth_run, finished_dreambooth
+from .artifact_store import installed
 
 REQUEST_FILE = "dreambooth_request.pt"
 
@@ -118,8 +119,9 @@ def _dreambooth_loop(config: dict) -> None:
     if rank == 0 and (folder / STATE_FILE).exists():  # a restarted worker group (FailureConfig)
         print(f"[db3d] DreamBooth run {folder.name}: resuming from its saved training state", flush=True)
     # 2. the library's run: data parallel over the process group Ray Train set up
-    ckpts = dreambooth_run(cfg, bb, request["subject"], request["images"], Path(request["artifacts"]),
-                           request["steps"], request["init"])
+    with installed(config.get("sweep", {})):  # artifacts in an object store: its lock and sync
+        ckpts = dreambooth_run(cfg, bb, request["subject"], request["images"], Path(request["artifacts"]),
+                               request["steps"], request["init"])
     # 3. every checkpoint through ray.train.report (a barrier: all ranks report, rank 0 the checkpoint)
     for step, ckpt in sorted(ckpts.items()):
         checkpoint = ray.train.Checkpoint.from_directory(ckpt.path) if rank == 0 else None
@@ -143,7 +145,7 @@ def run_dreambooth_trainer(request_file: Path, sweep: dict, name: str):
     cpu = float(sweep.get("resources", {}).get("cpu", 1))
     trainer = TorchTrainer(
         _dreambooth_loop,
-        train_loop_config={"request": str(request_file), "use_gpu": gpu > 0},
+        train_loop_config={"request": str(request_file), "use_gpu": gpu > 0, "sweep": sweep},
         scaling_config=ScalingConfig(num_workers=n, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
         run_config=RunConfig(name=name, storage_path=str(Path(sweep["out"]) / "ray_train"),

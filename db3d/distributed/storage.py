@@ -2,10 +2,12 @@
 
     out=/shared/sweeps/demo                    everything under that folder (a shared file system
                                                on a cluster)
-    out=s3://bucket/db3d/demo                  Parquet rows and each trial's exports go to the
-                                               bucket; stages and Tune's state stay in the work
-                                               folder (work=..., a shared file system on a cluster:
-                                               stage reuse needs its file locks)
+    out=s3://bucket/db3d/demo                  Parquet rows, each trial's exports and the stage
+                                               artifacts go to the bucket (artifacts=URI moves the
+                                               latter; artifact_store.py: a Ray actor's locks, no
+                                               shared file system needed); trials and Tune's state
+                                               stay in the work folder (work=..., the same path on
+                                               every node)
     out=s3://bucket/x?endpoint_override=http://127.0.0.1:9000&scheme=http   an S3-compatible server
 
 Object stores write whole objects, so rows written there need no temp-name-and-rename.

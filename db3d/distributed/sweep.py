@@ -1,4 +1,9 @@
-"""`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [gpu=0.25] [overrides...]`
+"""`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [gpu=0.25]
+[work=DIR] [artifacts=URI] [overrides...]`
+
+out=URI puts results and exports in object storage; artifacts=URI (default <out>/artifacts when
+out is a URI) mirrors the stage artifacts there too, under a Ray actor's locks, so nodes share
+stages without a shared file system (artifact_store.py; work= must be the same path on every node).
 
     1. load the sweep file and expand it into points (subjects x prompts x grid cells)
     2. compose every point's config up front: bad input fails before Ray starts
@@ -15,12 +20,13 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError, compose, quote
+from .artifact_store import start_locks
 from .sink import read_results
 from .spec import SweepError, expand, load_spec
 from .storage import is_uri, join, work_dir
 
 SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
-              "cpu", "gpu", "work")
+              "cpu", "gpu", "work", "artifacts")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -192,7 +198,8 @@ def run_sweep(argv: list[str]) -> int:
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
              "max_failures": int(opts.get("max_failures", 1)),
              "results": join(uri, "results") if uri else "", "views": join(uri, "views") if uri else "",
-             "publish": join(uri, "trials") if uri else "", "scheduler": bool(spec.scheduler)}
+             "publish": join(uri, "trials") if uri else "", "scheduler": bool(spec.scheduler),
+             "artifacts": opts.get("artifacts") or (join(uri, "artifacts") if uri else "")}
     n_trials = len(points) * max(1, spec.num_samples)
     print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
           f"{', work folder ' + str(out) if uri else ''})", flush=True)
@@ -204,6 +211,9 @@ def run_sweep(argv: list[str]) -> int:
         else:
             ray.init(address="local", num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None,
                      include_dashboard=False)
+
+    # artifacts in an object store: the lock actor, owned by this driver for the sweep's lifetime
+    locks = start_locks(sweep["artifacts"]) if reuse and sweep["artifacts"] else None
 
     # 4. the Tuner (one per grid point with Optuna, which cannot take grid_search); resume an
     #    interrupted run of the same sweep
@@ -218,6 +228,8 @@ def run_sweep(argv: list[str]) -> int:
         [(f"{spec.name}-{p.id}", [p]) for p in points]
     for name, group in groups:
         _fit_one(tune, trainable, spec, group, sweep, out / "ray", name, opts, progress)
+
+    del locks  # held until every trial is done (a named actor without handles is collected)
 
     # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
     results = sweep["results"] or out / "results"

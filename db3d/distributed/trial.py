@@ -9,7 +9,9 @@
     3. write the trial's one Parquet row (status ok, or failed with the error) and report to Tune
 
 Stages are content-addressed in the sweep's shared artifact store, so a retried trial (Tune's
-FailureConfig) resumes from the last finished stage and the state files inside a stage.
+FailureConfig) resumes from the last finished stage and the state files inside a stage. With
+artifacts=URI the store is mirrored to an object store under a Ray actor's locks
+(artifact_store.py), so nodes without a shared file system share stages too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..config import compose, quote
 from ..data import resolve_subject
 from ..results import result_row
 from ..run import save_config
+from .artifact_store import installed
 from .dreambooth_train import (REQUEST_FILE, NeedDreamBooth, dreambooth_or_request, load_request,
                                run_dreambooth_trainer, save_request)
 from .sink import write_trial_row, write_view_rows
@@ -77,8 +80,9 @@ def _method_body(config: dict, run_dreambooth=None, seconds: dict | None = None)
 
     # early stopping (ASHA) reads the last NeRF stage's loss as it falls
     progress = report_loss if sweep.get("scheduler") else None
-    result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress,
-                        run_dreambooth=run_dreambooth, seconds=seconds)
+    with installed(sweep):  # artifacts in an object store: the sweep's lock actor and sync
+        result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress,
+                            run_dreambooth=run_dreambooth, seconds=seconds)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
     gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs a worker holds (fractional allowed)
