@@ -73,3 +73,22 @@ def test_the_lock_factory_is_swappable(tmp_path):
     assert seen == ["x"] and previous is flock_lock
     with artifact_lock(tmp_path / "y"):  # flock again
         assert (tmp_path / "y.lock").exists()
+
+
+def test_leases_free_a_lock_whose_holder_stopped_renewing():
+    from db3d.distributed.artifact_store import Leases
+
+    now = [0.0]
+    leases = Leases(lease_s=60.0, clock=lambda: now[0])
+    assert leases.try_acquire("stage1/k", "a")
+    assert not leases.try_acquire("stage1/k", "b")  # held
+    now[0] = 50.0
+    leases.renew("stage1/k", "a")
+    now[0] = 100.0
+    assert not leases.try_acquire("stage1/k", "b")  # renewed at 50: still held at 100
+    leases.release("stage1/k", "b")  # not b's: no effect
+    assert not leases.try_acquire("stage1/k", "b")
+    now[0] = 111.0  # a died after its last renewal at 50
+    assert leases.try_acquire("stage1/k", "b")
+    leases.release("stage1/k", "b")
+    assert leases.try_acquire("stage1/k", "c")

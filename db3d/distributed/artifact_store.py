@@ -13,20 +13,50 @@ local artifact store at `<work>/artifacts` and mirrors it to `URI`:
         5. the actor releases the lock
 
 Artifacts record absolute paths, so the local store root (the sweep's work folder, `work=`) must
-be the same absolute path on every node. A trial killed while holding a lock leaves it held
-until the sweep's driver (the actor's owner) exits.
+be the same absolute path on every node. Locks are leases: the holder renews its lease every
+LEASE_S / 4 seconds from a background thread, so a trial killed while holding a lock (SIGKILL, a
+lost node) frees it LEASE_S seconds later, and a waiting or retried trial takes over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from ..artifacts import flock_lock
 from .storage import join, split
+
+LEASE_S = 60.0  # a lock whose holder has not renewed it for this long is free
+
+
+class Leases:
+    """Lock table with leases (pure Python: the actor's state, testable without Ray).
+
+    `try_acquire(name, token)` takes the lock when it is free, expired, or already the token's."""
+
+    def __init__(self, lease_s: float = LEASE_S, clock=time.monotonic):
+        self.lease_s, self.clock, self.held = lease_s, clock, {}  # name -> (token, last renewal)
+
+    def try_acquire(self, name: str, token: str) -> bool:
+        holder = self.held.get(name)
+        if holder is None or holder[0] == token or self.clock() - holder[1] > self.lease_s:
+            self.held[name] = (token, self.clock())
+            return True
+        return False
+
+    def renew(self, name: str, token: str) -> None:
+        if self.held.get(name, (None,))[0] == token:
+            self.held[name] = (token, self.clock())
+
+    def release(self, name: str, token: str) -> None:
+        if self.held.get(name, (None,))[0] == token:
+            del self.held[name]
 
 
 def _remote_files(uri: str) -> dict[str, int]:
@@ -101,18 +131,22 @@ def start_locks(uri: str):
 
     @ray.remote(num_cpus=0)
     class ArtifactLocks:
-        """One asyncio lock per artifact name; a waiting acquire does not block the actor."""
+        """Leased locks per artifact name; a waiting acquire polls asynchronously (never blocks the actor)."""
 
         def __init__(self):
+            self.leases = Leases()
+
+        async def acquire(self, name: str, token: str) -> None:
             import asyncio
 
-            self.asyncio, self.locks = asyncio, {}
+            while not self.leases.try_acquire(name, token):
+                await asyncio.sleep(0.2)
 
-        async def acquire(self, name: str) -> None:
-            await self.locks.setdefault(name, self.asyncio.Lock()).acquire()
+        def renew(self, name: str, token: str) -> None:
+            self.leases.renew(name, token)
 
-        async def release(self, name: str) -> None:
-            self.locks[name].release()
+        def release(self, name: str, token: str) -> None:
+            self.leases.release(name, token)
 
     return ArtifactLocks.options(name=locks_name(uri), get_if_exists=True).remote()
 
@@ -126,11 +160,22 @@ def remote_lock_factory(root: Path, uri: str):
 
     @contextlib.contextmanager
     def actor_lock(name: str):
-        ray.get(actor.acquire.remote(name))
+        token = uuid.uuid4().hex
+        ray.get(actor.acquire.remote(name, token))
+        stop = threading.Event()
+
+        def heartbeat():  # keep the lease while the stage runs
+            while not stop.wait(LEASE_S / 4):
+                actor.renew.remote(name, token)
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
         try:
             yield
         finally:
-            ray.get(actor.release.remote(name))
+            stop.set()
+            beat.join()
+            ray.get(actor.release.remote(name, token))
 
     def factory(folder: Path):
         folder = Path(folder)
