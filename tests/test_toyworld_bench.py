@@ -65,12 +65,6 @@ def test_back_half_and_colour_mask():
     assert scores.colour_mask(img, (0.95, 0.85, 0.10)).tolist() == [[[True, True, False, False]]]
 
 
-def test_mean_ci_brackets_the_mean():
-    mean, lo, hi = scores.mean_ci([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and lo < mean < hi
-    assert scores.mean_ci([5.0])[1:] == (5.0, 5.0)
-
-
 def test_subjects_are_ordinary_subject_folders(tmp_path):
     folders = make_subjects(tmp_path, n=2, captures=4, seed=3)
     for folder in folders:

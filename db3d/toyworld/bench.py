@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from db3d.toyworld.scores import mean_ci
 
 COLUMNS = (  # (row column, table heading, format)
     ("metric.toy.psnr.all", "PSNR all (dB)", "{:.2f}"),
@@ -30,6 +29,8 @@ COLUMNS = (  # (row column, table heading, format)
 
 def table(rows: pd.DataFrame) -> str:
     """A markdown table: one line per method, mean [95% CI] per column, over ok trials."""
+    from analysis.stats import bootstrap_ci  # the report's bootstrap (trials resampled)
+
     ok = rows[rows["status"] == "ok"].copy() if "status" in rows else rows.copy()
     if ok.empty or "metric.toy.psnr.all" not in ok:
         return "no scored trials (are the subjects ToyWorld subjects, and metrics.enabled true?)\n"
@@ -40,7 +41,7 @@ def table(rows: pd.DataFrame) -> str:
     for method, group in ok.groupby("method"):
         cells = []
         for col, _, fmt in COLUMNS:
-            mean, lo, hi = mean_ci(group[col])
+            mean, lo, hi = bootstrap_ci(group[col])
             cells.append(f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}]")
         lines.append(f"| {method} | {len(group)} | " + " | ".join(cells) + " |")
     note = (f"\nMeans over trials (subject x prompt x seed) with bootstrap 95% intervals. Retrieval rank: the "

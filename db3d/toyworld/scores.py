@@ -16,7 +16,6 @@ every view, so an albedo render of a NeRF can match it exactly).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,13 +73,3 @@ def janus_score(pred_back: Tensor, gt_back_feature: Tensor, gt_front_feature: Te
     front = gt_front_feature[..., 0].flatten(1).mean(-1).mean().clamp_min(1e-6)
     return float(extra.float().flatten(1).mean(-1).mean() / front)
 
-
-def mean_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and bootstrap 95% interval."""
-    x = np.asarray(list(values), dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    boots = rng.choice(x, size=(n_boot, x.size), replace=True).mean(1)
-    return float(x.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
