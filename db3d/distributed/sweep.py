@@ -85,9 +85,11 @@ class _Progress:
         failed = sum(t.status == "ERROR" for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         elapsed = time.time() - self.start
-        eta = elapsed / done * (self.total - done - failed) if done else float("nan")
+        finished = done + failed
+        # time per finished trial x trials left; unknown until one has finished
+        eta = f"{elapsed / finished * (self.total - finished):.0f}s" if finished else "after the first trial"
         print(f"[db3d sweep] {done}/{self.total} done, {running} running, {failed} failed, "
-              f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", flush=True)
+              f"elapsed {elapsed:.0f}s, ETA {eta}", flush=True)
 
 
 def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: str, opts: dict, progress) -> None:
