@@ -3,6 +3,12 @@
     L = lambda_SDS * SDS(render(P_random); D, prompt)  +  lambda_recon * ||render(P_v) - I_v||_p
         + lambda_nerf * (l_orient * orientation + l_opacity * entropy + l_dist * distortion)
 
+Both data terms are sums over an image's elements, averaged over the images of a step: SDS's
+detach-trick loss hands every element its gradient w(t) (eps_hat - eps), and the reconstruction
+term sums |render - I_v|^p over the view's pixels and channels. lambda_recon = 1 therefore weighs
+a pixel's reconstruction error like a pixel's SDS gradient, at any render resolution (a mean over
+pixels would make the term H*W*3 times weaker: 3,072x at 32 px, and inert in practice).
+
 Every NeRF stage calls `fit_nerf`: stage 1 (SDS from D_partial), the final NeRF of stage 3 (SDS from
 D_multi + reconstruction on pseudo views), the baselines (SDS only; Latent-NeRF renders latents),
 and the reconstruction-only check of the renderer. Resumable (a state file every
@@ -60,7 +66,7 @@ class ReconTerm:
 def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
     """The NeRF architecture from the run config (latent_channels > 0: a Latent-NeRF field)."""
     kwargs = dict(n_levels=nerf.n_levels, log2_hashmap_size=nerf.log2_hashmap_size, hidden_dim=nerf.hidden_dim,
-                  encoding_implementation=nerf.encoding)
+                  max_resolution=nerf.max_resolution, encoding_implementation=nerf.encoding)
     if nerf.background == "white":
         kwargs["background"] = "fixed"
         kwargs["background_color"] = (1.0, 1.0, 1.0)
@@ -164,8 +170,9 @@ def fit_nerf(
             idx = torch.randperm(len(recon.cameras), generator=gen)[: recon.views_per_step]
             cams_v = recon.cameras[idx].to(device)
             out_v = render_image(field, cams_v, n_samples=nerf.n_samples, jitter=True, shading="albedo", generator=gen)
-            target = recon.images[idx].to(device).permute(0, 2, 3, 1)
-            losses["recon"] = recon.weight * reconstruction_loss(out_v.rgb, target, p=recon.p)
+            target = recon.images[idx].to(device).permute(0, 2, 3, 1)  # (V, H, W, 3)
+            losses["recon"] = recon.weight * reconstruction_loss(out_v.rgb, target, p=recon.p,
+                                                                 reduction="image_sum")  # SDS's units (top)
         # 6. update
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)

@@ -369,6 +369,24 @@ def test_opacity_and_reconstruction_losses():
     assert reconstruction_loss(pred, target, mask=mask) == 0
 
 
+@pytest.mark.parametrize("side", [8, 32])
+def test_image_sum_reconstruction_gives_every_pixel_its_full_gradient(side):
+    """reduction="image_sum" is in SDS's units: each pixel's gradient is p |err|^(p-1) / B at any
+    resolution (a mean would divide it by H * W * 3), and the value is the per-image sum."""
+    target = torch.full((2, side, side, 3), 0.5)
+    pred = torch.full((2, side, side, 3), 0.3, requires_grad=True)
+    loss = reconstruction_loss(pred, target, p=2, reduction="image_sum")
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(side * side * 3 * 0.04))
+    torch.testing.assert_close(pred.grad, torch.full_like(pred, 2 * -0.2 / 2))
+    mask = torch.zeros(2, side, side, 1)
+    mask[:, : side // 2] = 1.0
+    torch.testing.assert_close(reconstruction_loss(pred, target, p=2, mask=mask, reduction="image_sum"),
+                               torch.tensor(side * side * 3 * 0.04 / 2))
+    with pytest.raises(ValueError, match="image_sum"):
+        reconstruction_loss(pred.reshape(-1, 3), target.reshape(-1, 3), reduction="image_sum")
+
+
 def test_linear_schedule():
     s = LinearSchedule(start=1.0, end=0.0, steps=10)
     assert [s(0), s(5), s(10), s(20)] == [1.0, 0.5, 0.0, 0.0]

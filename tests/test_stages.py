@@ -143,6 +143,22 @@ def test_reconstruction_term_alone_fits_known_views(tmp_path):
     assert err < 0.05, float(err)
 
 
+def test_reconstruction_term_is_a_per_image_sum_like_sds(tmp_path):
+    """The final NeRF's recon term grows with the pixel count (SDS's units, fit.py), so a given
+    lambda_recon weighs it against SDS alike at any render resolution; a mean would not grow."""
+    from db3d.cameras import orbit_cameras
+
+    cfg = _cfg(tmp_path, "nerf.steps=1", "nerf.checkpoint_every=1")
+    first = {}
+    for side in (8, 16):
+        target = torch.zeros(2, 3, side, side)  # black views: the initial field renders far from them
+        recon = ReconTerm(target, orbit_cameras(2, 15.0, 1.75, 50.0, side), weight=0.5, p=1)
+        fit_nerf(tmp_path / f"r{side}", "k", cfg.nerf, side, 1, 0, torch.device("cpu"), recon=recon,
+                 on_progress=lambda step, losses, side=side: first.setdefault(side, losses["recon"]))
+    assert 3.0 < first[16] / first[8] < 5.0, first  # 4x the pixels, ~4x the loss
+    assert first[8] > 0.5 * 8 * 8 * 3 * 0.2, first  # a sum over 192 elements, each error >= ~0.2
+
+
 def test_db3d_run_writes_a_parquet_row_and_a_failed_row_on_error(subject, tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, f"subject={subject.path}", "class_noun=toy")
     run(cfg)

@@ -8,6 +8,7 @@ reconstruction loss compares renders with the pseudo views at their known camera
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -69,16 +70,29 @@ def reconstruction_loss(
     target: Tensor,  # same shape as pred
     p: float = 2.0,
     mask: Tensor | None = None,  # (B, H, W, 1) or (R, 1), weights in [0, 1]
+    reduction: Literal["mean", "image_sum"] = "mean",
 ) -> Tensor:  # ()
-    """``mean |pred - target|^p`` (p=1: L1, p=2: MSE), optionally mask-weighted.
+    """``|pred - target|^p`` (p=1: L1, p=2: MSE), optionally mask-weighted, reduced by
+
+    - ``mean``: over every element (of the mask's weight);
+    - ``image_sum``: summed over each image's pixels and channels, then averaged over the B images
+      (pred (B, H, W, 3)): the units of the SDS term, whose detach-trick loss gives every element
+      of an image its full gradient (see db3d/fit.py).
 
     DreamBooth3D's ``||render(P_v) - I_v^pseudo||_p`` with the norm's p a config field.
     """
     err = (pred - target).abs().pow(p)
+    if mask is not None:
+        err = err * mask.expand_as(err)
+    if reduction == "image_sum":
+        if err.dim() != 4:
+            raise ValueError(f"reduction='image_sum' needs images (B, H, W, C), got shape {tuple(err.shape)}")
+        return err.flatten(1).sum(1).mean()
+    if reduction != "mean":
+        raise ValueError(f"reduction={reduction!r}: must be 'mean' or 'image_sum'")
     if mask is None:
         return err.mean()
-    m = mask.expand_as(err)
-    return (err * m).sum() / m.sum().clamp(min=1e-8)
+    return err.sum() / mask.expand_as(err).sum().clamp(min=1e-8)
 
 
 @dataclass(frozen=True)
