@@ -1,7 +1,8 @@
 """The one NeRF loop: SDS term + optional reconstruction term on known cameras + regularisers.
 
     L = lambda_SDS * SDS(render(P_random); D, prompt)  +  lambda_recon * ||render(P_v) - I_v||_p
-        + lambda_nerf * (l_orient * orientation + l_opacity * entropy + l_dist * distortion)
+        + lambda_nerf * (l_orient * orientation + l_opacity * entropy + l_sparsity * sparsity
+                         + l_dist * distortion)
 
 Both data terms are sums over an image's elements, averaged over the images of a step: SDS's
 detach-trick loss hands every element its gradient w(t) (eps_hat - eps), and the reconstruction
@@ -31,7 +32,8 @@ from .cameras import CameraBatch, sample_random_cameras, view_direction_suffix, 
 from .config import NeRFConfig
 from .export import load_field, save_field
 from .nerf import FieldConfig, LinearSchedule, NeRFField, ShadingConfig, render_image, sample_shading_mode
-from .nerf import distortion_loss, opacity_entropy_loss, orientation_loss, reconstruction_loss
+from .nerf import distortion_loss, opacity_entropy_loss, opacity_sparsity_loss, orientation_loss
+from .nerf import reconstruction_loss
 from .sds import sds_loss, to_model_space
 
 STATE_FILE = "fit_state.pt"
@@ -161,6 +163,9 @@ def fit_nerf(
                     rays.weights, rays.sample_normals, rays.directions)
             if nerf.lambda_opacity > 0:
                 losses["opacity"] = lambda_nerf * nerf.lambda_opacity * opacity_entropy_loss(out.opacity)
+            if nerf.lambda_sparsity > 0:  # a per-image sum of opacity, like SDS's sum (top)
+                losses["sparsity"] = lambda_nerf * nerf.lambda_sparsity * out.opacity[0].numel() * \
+                    opacity_sparsity_loss(out.opacity)
             if nerf.lambda_distortion > 0:
                 span = (rays.far - rays.near).clamp_min(1e-6)  # normalised ray coordinate (mip-NeRF 360)
                 losses["distortion"] = lambda_nerf * nerf.lambda_distortion * distortion_loss(

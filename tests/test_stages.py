@@ -159,6 +159,23 @@ def test_reconstruction_term_is_a_per_image_sum_like_sds(tmp_path):
     assert first[8] > 0.5 * 8 * 8 * 3 * 0.2, first  # a sum over 192 elements, each error >= ~0.2
 
 
+def test_sparsity_term_empties_the_volume(tiny_sd, tmp_path):
+    """nerf.lambda_sparsity pushes opacity down (against fog); off, the blob stays."""
+    from db3d.cameras import orbit_cameras
+    from db3d.export import load_field
+    from db3d.fit import SDSTerm
+    from db3d.nerf import render_views
+
+    term = SDSTerm(backbone=tiny_sd, prompt="a sks toy", guidance_scale=7.5, t_min=0.02, t_max=0.98)
+    opacity = {}
+    for weight in (0.0, 1.0):
+        cfg = _cfg(tmp_path, "nerf.steps=8", "nerf.learning_rate=0.03", f"nerf.lambda_sparsity={weight}")
+        ckpt = fit_nerf(tmp_path / f"s{weight}", "k", cfg.nerf, 16, 8, 0, torch.device("cpu"), sds=term)
+        field = load_field(ckpt.field_file, "cpu")
+        opacity[weight] = float(render_views(field, orbit_cameras(4, 15.0, 1.75, 50.0, 16), n_samples=16).opacity.mean())
+    assert opacity[1.0] < 0.5 * opacity[0.0], opacity
+
+
 def test_db3d_run_writes_a_parquet_row_and_a_failed_row_on_error(subject, tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, f"subject={subject.path}", "class_noun=toy")
     run(cfg)
