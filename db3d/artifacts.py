@@ -140,6 +140,10 @@ class PseudoViews:
     key: str
     n_views: int
     t_pseudo: float
+    stage1_opacity_mean: float = -1.0
+    """Mean opacity of NeRF_1's orbit renders (-1: not measured, an older artifact)."""
+    stage1_opacity_edge: float = -1.0
+    """Mean opacity of those renders' frame-border pixels: near 0 for an object, near 1 for fog."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ class RunResult:
     exports: dict
     seconds: dict
     keys: dict
+    diagnostics: dict = dataclasses.field(default_factory=dict)
+    """Flat columns about how the stages went: per-term losses and gradient norms of each NeRF stage
+    (`nerf.<stage>.loss.<term>`, `nerf.<stage>.grad_norm.<term>`), stage 1's coverage and fog flag."""
     metrics: dict = dataclasses.field(default_factory=dict)
     """Flat metric columns (`metric.<metric>.<model>.<render>`, `metrics.weights`) and, under
     "views", one dict per evaluation view; empty when metrics are off."""

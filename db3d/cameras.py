@@ -181,7 +181,7 @@ def sample_random_cameras(
     distance_range: tuple[float, float] = (1.0, 1.5),
     fov_range: tuple[float, float] = (40.0, 70.0),
     generator: torch.Generator | None = None,
-    light_distance_range: tuple[float, float] = (0.8, 1.5),
+    light_distance_scale: tuple[float, float] = (1.0, 1.5),
     light_jitter_std: float = 0.3,
     device: torch.device | str = "cpu",
 ) -> CameraBatch:
@@ -194,7 +194,10 @@ def sample_random_cameras(
     rotates all of them, so every batch covers the full circle. DreamFusion samples the point
     light "from a distribution centered around the camera location": here its direction is the
     camera's unit direction plus Gaussian noise of std ``light_jitter_std``, renormalised, and its
-    distance is uniform in ``light_distance_range`` (our choice). Sampling draws on the
+    distance from the origin is the camera's distance times a factor uniform in
+    ``light_distance_scale``: the light is as far as the camera or farther, never inside the
+    object's bounding sphere (a light at 0.8-1.5 from the origin sat inside it 29% of the time).
+    Sampling draws on the
     CPU from ``generator`` and the result is moved to ``device``.
     """
     height, width = _hw(resolution)
@@ -209,7 +212,7 @@ def sample_random_cameras(
     light_dir = eye / eye.norm(dim=-1, keepdim=True)
     light_dir = light_dir + light_jitter_std * torch.randn(batch, 3, generator=generator)
     light_dir = light_dir / light_dir.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    light_pos = light_dir * _uniform(batch, light_distance_range, generator)[:, None]
+    light_pos = light_dir * (dist * _uniform(batch, light_distance_scale, generator))[:, None]
     cams = CameraBatch(
         c2w=look_at(eye),
         fov_y_deg=fov,

@@ -24,6 +24,8 @@ FinetuneMode = Literal["full", "lora"]
 EncodingBackend = Literal["torch", "tcnn"]
 FinalInit = Literal["scratch", "stage1"]
 NeRFBackground = Literal["mlp", "random_solid", "white"]
+DensityBlob = Literal["linear", "gaussian"]
+OnFog = Literal["fallback", "fail", "ignore"]
 
 
 @dataclass
@@ -159,18 +161,36 @@ class NeRFConfig:
     """Probability of a shaded (albedo x Lambertian) render."""
     view_dependent_prompts: bool = True
     """Append "front / side / back / overhead view" by camera direction (DreamFusion)."""
+    density_blob: str = "linear"
+    """DensityBlob: the density bias at initialisation. linear: DreamFusion's
+    lambda_tau * (1 - |x| / c), negative beyond c, so empty space starts empty; gaussian:
+    lambda_tau * exp(-|x|^2 / 2c^2), never negative (every point starts at density >= ln 2: the
+    untrained field's 32 px renders were 0.999 opaque on average, a wall of fog)."""
+    density_blob_scale: float = 5.0
+    """lambda_tau, the bias at the centre (DreamFusion: 5; stable-dreamfusion: 5-10)."""
+    density_blob_radius: float = 0.4
+    """c, where the linear bias crosses 0, in units of the bounding radius (DreamFusion: 0.5;
+    stable-dreamfusion: 0.2-0.5). 0.4: at the nearest, narrowest training camera (distance 1.5,
+    fov 40, whose frame spans +-0.55 at the origin) the untrained field's frame border is 0.09
+    opaque (0.30 with c = 0.5) and its centre 0.91; every other corner of the range <= 0.013."""
+    # L_nerf. Every term is a per-image sum (a per-ray value summed over the image's rays, averaged
+    # over the step's images), the units of the SDS term (fit.py). The weights were calibrated on
+    # measured gradient norms on the field's parameters (README, "Calibration"); each is then a
+    # fixed fraction of lambda_nerf.
     lambda_orientation: float = 1e-2
-    """Weight of the orientation loss (Ref-NeRF / DreamFusion; stable-dreamfusion: 1e-2)."""
+    """Weight of the orientation loss sum_i sg(w_i) max(0, n_i . d)^2 per ray (Ref-NeRF / DreamFusion).
+    Computes normals for every SDS render while > 0."""
     lambda_opacity: float = 1e-3
-    """Weight of the opacity entropy loss (pushes opacity to 0 or 1)."""
+    """Weight of the opacity entropy loss (pushes each ray's opacity to 0 or 1)."""
     lambda_sparsity: float = 0.0
-    """Weight of the opacity sparsity loss: each SDS render's opacity summed over its pixels (the
-    SDS term's units, fit.py), so 1 makes a covered pixel cost what a unit SDS gradient moves.
-    Against fog that fills the view (threestudio's lambda_sparsity). 0: off. On ToyWorld
-    (dreambooth_fusion, 4 subjects) 0.1 cleared the fog of 2 of 3 collapsed runs (3.5 -> 12.5 dB)
-    but emptied a good one (15.2 -> 8.5 dB); 1.0 emptied all."""
+    """Weight of the opacity sparsity loss (each ray's opacity): 1 makes a covered pixel cost what
+    a unit SDS gradient moves. Against fog that fills the view (threestudio's lambda_sparsity). 0: off."""
     lambda_distortion: float = 0.0
-    """Weight of the mip-NeRF 360 distortion loss (0: off)."""
+    """Weight of the mip-NeRF 360 distortion loss (ray coordinate normalised to [0, 1]; 0: off)."""
+    mlp_learning_rate: float = 0.0
+    """Adam learning rate of the MLPs (0: nerf.learning_rate; stable-dreamfusion: the hash grid's / 10)."""
+    lr_decay: float = 1.0
+    """Learning rates decay exponentially to this fraction of their start over the stage (1: constant)."""
     checkpoint_every: int = 200
     """Write a resumable NeRF state every this many steps."""
 
@@ -216,6 +236,13 @@ class PseudoViewConfig:
     it open; a sweep axis."""
     guidance_scale: float = 7.5
     """Classifier-free guidance of the img2img translation with D_full."""
+    fog_edge_opacity: float = 0.5
+    """NeRF_1 counts as fog when its orbit renders' frame-border pixels are on average more opaque
+    than this (an object leaves the border empty; fog covers it). Measured on ToyWorld: README."""
+    on_fog: str = "fallback"
+    """OnFog, what stage 3 does with a foggy NeRF_1, whose pseudo views would be noise:
+    fallback (the final NeRF is SDS from D_full alone, the DreamBooth+Fusion recipe; the row says
+    so), fail (the trial fails, naming the measurement), ignore (stage 3 as usual)."""
 
 
 @dataclass
@@ -283,6 +310,8 @@ _CHOICES = {
     "method.name": MethodName,
     "nerf.encoding": EncodingBackend,
     "method.final_init": FinalInit,
+    "nerf.density_blob": DensityBlob,
+    "pseudo.on_fog": OnFog,
 }
 
 
@@ -346,6 +375,12 @@ def validate(cfg: RunConfig) -> None:
     if min(cfg.nerf.p_albedo, cfg.nerf.p_textureless, cfg.nerf.p_lambertian) < 0 or \
             cfg.nerf.p_albedo + cfg.nerf.p_textureless + cfg.nerf.p_lambertian <= 0:
         problems.append("nerf.p_albedo / p_textureless / p_lambertian: must be >= 0 with a positive sum")
+    if cfg.nerf.density_blob_radius <= 0:
+        problems.append(f"nerf.density_blob_radius={cfg.nerf.density_blob_radius}: must be > 0")
+    if cfg.nerf.mlp_learning_rate < 0:
+        problems.append(f"nerf.mlp_learning_rate={cfg.nerf.mlp_learning_rate}: must be >= 0 (0: nerf.learning_rate)")
+    if not 0.0 < cfg.nerf.lr_decay <= 1.0:
+        problems.append(f"nerf.lr_decay={cfg.nerf.lr_decay}: must lie in (0, 1]")
     if cfg.nerf.learning_rate <= 0:
         problems.append(f"nerf.learning_rate={cfg.nerf.learning_rate}: must be > 0")
     if cfg.pseudo.guidance_scale <= 0:

@@ -235,6 +235,8 @@ def read_field_config(path: Path) -> FieldConfig:
     if metadata.get("format") != FIELD_FORMAT:
         raise ValueError(f"{path} is not a db3d field checkpoint (format={metadata.get('format')!r})")
     stored = json.loads(metadata["field_config"])
+    if "density_blob_std" in stored and "density_blob" not in stored:  # written before the linear blob
+        stored.update(density_blob="gaussian", density_blob_radius=stored.pop("density_blob_std"))
     known = {f.name for f in fields(FieldConfig)}
     unknown = sorted(set(stored) - known)
     if unknown:

@@ -31,6 +31,22 @@ def t_pseudo_step(t_pseudo: float, num_train_timesteps: int) -> int:
     return int(round(t_pseudo * (num_train_timesteps - 1)))
 
 
+def opacity_stats(opacity: Tensor) -> tuple[float, float]:  # (V, H, W, 1) -> (mean, frame-border mean)
+    """How much of the orbit views NeRF_1 covers: over all pixels, and over the frame's border pixels.
+
+    An object on the orbit (distance 1.75, fov 50: the frame spans +-0.82 at the origin) leaves the
+    border nearly empty; fog that fills the view covers it.
+    """
+    o = opacity[..., 0]
+    border = torch.cat([o[:, 0], o[:, -1], o[:, 1:-1, 0], o[:, 1:-1, -1]], dim=1)  # (V, 4H - 4)
+    return float(o.mean()), float(border.mean())
+
+
+def is_fog(pv: PseudoViews, pseudo: PseudoViewConfig) -> bool:
+    """NeRF_1 is mostly fog: its orbit renders cover the frame's border (see opacity_stats)."""
+    return pv.stage1_opacity_edge > pseudo.fog_edge_opacity
+
+
 def make_pseudo_views(nerf1: NerfCheckpoint, d_full: Backbone, prompt: str, pseudo: PseudoViewConfig,
                       nerf: NeRFConfig, render_resolution: int, out_dir: Path, key: str, seed: int,
                       device: torch.device, view_dependent: bool = True) -> PseudoViews:
@@ -42,8 +58,9 @@ def make_pseudo_views(nerf1: NerfCheckpoint, d_full: Backbone, prompt: str, pseu
     field = load_field(nerf1.field_file, device)
     cams = orbit_cameras(pseudo.n_views, nerf.orbit_elevation, nerf.orbit_distance, nerf.orbit_fov,
                          render_resolution, device=device)
-    renders = render_views(field, cams, n_samples=nerf.n_samples, shading="albedo").rgb.permute(0, 3, 1, 2)
-    renders = renders.clamp(0, 1)  # (V, 3, r, r)
+    rendered = render_views(field, cams, n_samples=nerf.n_samples, shading="albedo")
+    renders = rendered.rgb.permute(0, 3, 1, 2).clamp(0, 1)  # (V, 3, r, r)
+    opacity_mean, opacity_edge = opacity_stats(rendered.opacity)
     up = F.interpolate(renders, size=(d_full.resolution, d_full.resolution), mode="bilinear", align_corners=False)
     # 2.-3. img2img from exactly t_pseudo with D_full, one view-dependent prompt per view
     prompts = [prompt] * len(cams)
@@ -68,8 +85,10 @@ def make_pseudo_views(nerf1: NerfCheckpoint, d_full: Backbone, prompt: str, pseu
         "n_views": pseudo.n_views, "elevation_deg": nerf.orbit_elevation, "distance": nerf.orbit_distance,
         "fov_y_deg": nerf.orbit_fov, "azimuth_deg": cams.azimuth_deg.cpu().tolist(), "prompts": prompts,
         "t_pseudo": pseudo.t_pseudo, "t_start": t_start,
+        "stage1_opacity_mean": opacity_mean, "stage1_opacity_edge": opacity_edge,
     })
-    pv = PseudoViews(path=str(out_dir), key=key, n_views=pseudo.n_views, t_pseudo=pseudo.t_pseudo)
+    pv = PseudoViews(path=str(out_dir), key=key, n_views=pseudo.n_views, t_pseudo=pseudo.t_pseudo,
+                     stage1_opacity_mean=opacity_mean, stage1_opacity_edge=opacity_edge)
     mark_done(out_dir, pv)
     return pv
 

@@ -45,6 +45,7 @@ def result_row(cfg: RunConfig, subject: str, class_noun: str, prompt: str, resul
         row.update({f"uri.{k}": str(v) for k, v in result.exports.items()})
         row["uri.nerf"] = str(result.final.field_file)
         row.update({f"key.{k}": v for k, v in result.keys.items() if v})
+        row.update(result.diagnostics)
         row.update({k: v for k, v in result.metrics.items() if k != "views"})
     return row
 

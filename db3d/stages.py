@@ -16,6 +16,7 @@ recomputes stages 2 and 3.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,9 +27,9 @@ from .artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunRes
 from .backbones import Backbone
 from .config import RunConfig
 from .data import Subject
-from .fit import ReconTerm, SDSTerm, fit_nerf
+from .fit import ReconTerm, SDSTerm, fit_diagnostics, fit_nerf
 from .personalize import DreamBoothRunner, Personalized, backbone_for, dreambooth_run, personalize
-from .pseudo_views import load_pseudo_views, make_pseudo_views
+from .pseudo_views import is_fog, load_pseudo_views, make_pseudo_views
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Context:
     run_dreambooth: DreamBoothRunner = dreambooth_run  # runs one DreamBooth run (Ray Train: on N workers)
     seconds: dict = field(default_factory=dict)  # stage -> wall time of this run
     keys: dict = field(default_factory=dict)  # stage -> artifact key
+    diagnostics: dict = field(default_factory=dict)  # flat row columns: per-term losses, stage 1's fog
 
 
 def _timed(ctx: Context, name: str, fn, *args):
@@ -96,8 +98,10 @@ def stage1(ctx: Context, d_partial: DreamBoothCheckpoint) -> NerfCheckpoint:
 def stage2(ctx: Context, nerf1: NerfCheckpoint, d_full: DreamBoothCheckpoint) -> PseudoViews:
     """Render N orbit views of NeRF_1, noise them to t_pseudo, denoise with D_full."""
     cfg = ctx.cfg
-    key = content_key("stage2", nerf1.key, d_full.key, ctx.prompt, asdict(cfg.pseudo), cfg.nerf.orbit_elevation,
-                      cfg.nerf.orbit_distance, cfg.nerf.orbit_fov, cfg.render.resolution, cfg.seed)
+    pseudo_fields = {k: v for k, v in asdict(cfg.pseudo).items() if k not in ("fog_edge_opacity", "on_fog")}
+    key = content_key("stage2", nerf1.key, d_full.key, ctx.prompt, pseudo_fields, cfg.nerf.orbit_elevation,
+                      cfg.nerf.orbit_distance, cfg.nerf.orbit_fov, cfg.render.resolution, cfg.seed,
+                      cfg.backbone.sample_steps)  # img2img takes a share of the sampler's steps
     bb = backbone_for(ctx.bb, d_full)
     with artifact_lock(ctx.store / "stage2" / key):
         return make_pseudo_views(nerf1, bb, ctx.prompt, cfg.pseudo, cfg.nerf, cfg.render.resolution,
@@ -132,10 +136,27 @@ def final_nerf(ctx: Context, d_multi: DreamBoothCheckpoint, pseudo: PseudoViews,
                    on_progress=ctx.on_progress)
 
 
-def stage3(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews,
-           nerf1: NerfCheckpoint) -> NerfCheckpoint:
+def stage3(ctx: Context, d_partial: DreamBoothCheckpoint, pseudo: PseudoViews, nerf1: NerfCheckpoint,
+           d_full: DreamBoothCheckpoint) -> NerfCheckpoint:
+    """D_multi on the pseudo views, then the final NeRF; a foggy NeRF_1 is never stage 3's target."""
+    fog = is_fog(pseudo, ctx.cfg.pseudo)
+    ctx.diagnostics.update({"stage1.opacity_mean": pseudo.stage1_opacity_mean,
+                            "stage1.opacity_edge": pseudo.stage1_opacity_edge, "stage1.fog": fog})
+    if fog and ctx.cfg.pseudo.on_fog == "fail":
+        raise FoggyStage1(f"stage 1's NeRF is fog: its orbit renders' border opacity is {pseudo.stage1_opacity_edge:.2f} "
+                          f"> pseudo.fog_edge_opacity={ctx.cfg.pseudo.fog_edge_opacity}; its pseudo views "
+                          f"({pseudo.path}) would be noise (pseudo.on_fog=fallback fits SDS from D_full instead)")
+    if fog and ctx.cfg.pseudo.on_fog == "fallback":
+        warnings.warn(f"stage 1's NeRF is fog (border opacity {pseudo.stage1_opacity_edge:.2f}): the final NeRF is "
+                      "SDS from D_full alone (pseudo.on_fog=fallback)", stacklevel=2)
+        ctx.diagnostics["stage3.fallback"] = "dreambooth_fusion"
+        return _timed(ctx, "stage3_nerf", dreambooth_fusion, ctx, d_full)
     d_multi = _timed(ctx, "stage3_dreambooth", multiview_dreambooth, ctx, d_partial, pseudo)
     return _timed(ctx, "stage3_nerf", final_nerf, ctx, d_multi, pseudo, nerf1)
+
+
+class FoggyStage1(RuntimeError):
+    """Stage 1 ended as view-filling fog and pseudo.on_fog=fail."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,11 +181,15 @@ def run_stages(ctx: Context) -> NerfCheckpoint:
     if method == "dreambooth3d":
         nerf1 = _timed(ctx, "stage1", stage1, ctx, db.partial)
         pseudo = _timed(ctx, "stage2", stage2, ctx, nerf1, db.full)
-        return stage3(ctx, db.partial, pseudo, nerf1)
-    if method == "dreambooth_fusion":
-        return _timed(ctx, "nerf", dreambooth_fusion, ctx, db.full)
-    if method == "latent_nerf":
-        return _timed(ctx, "nerf", latent_nerf, ctx, db.full)
+        ctx.diagnostics.update(fit_diagnostics(nerf1, "stage1"))
+        final = stage3(ctx, db.partial, pseudo, nerf1, db.full)
+        ctx.diagnostics.update(fit_diagnostics(final, "final"))
+        return final
+    if method in ("dreambooth_fusion", "latent_nerf"):
+        fn = dreambooth_fusion if method == "dreambooth_fusion" else latent_nerf
+        final = _timed(ctx, "nerf", fn, ctx, db.full)
+        ctx.diagnostics.update(fit_diagnostics(final, "final"))
+        return final
     raise ValueError(f"method.name={method!r}: must be dreambooth3d, dreambooth_fusion or latent_nerf")
 
 
@@ -216,4 +241,4 @@ def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Bac
         ctx.keys.pop(name, None)
     return RunResult(out=str(out), method=cfg.method.name, subject=subject.name, class_noun=subject.class_noun,
                      prompt=prompt, final=final, exports=exports, seconds=dict(ctx.seconds), keys=dict(ctx.keys),
-                     metrics=metrics)
+                     diagnostics=dict(ctx.diagnostics), metrics=metrics)

@@ -130,7 +130,7 @@ def test_random_cameras_ranges_and_light():
     gen = torch.Generator().manual_seed(3)
     cams = sample_random_cameras(
         256, (24, 32), elevation_range=(-10, 80), distance_range=(1.5, 2.0), fov_range=(40, 70),
-        generator=gen, light_distance_range=(0.8, 1.5),
+        generator=gen, light_distance_scale=(1.0, 1.5),
     )
     assert (cams.height, cams.width) == (24, 32)
     assert cams.elevation_deg.min() >= -10 and cams.elevation_deg.max() <= 80
@@ -138,7 +138,9 @@ def test_random_cameras_ranges_and_light():
     assert cams.fov_y_deg.min() >= 40 and cams.fov_y_deg.max() <= 70
     torch.testing.assert_close(cams.positions.norm(dim=-1), cams.distance)
     light_r = cams.light_pos.norm(dim=-1)
-    assert light_r.min() >= 0.8 - 1e-5 and light_r.max() <= 1.5 + 1e-5
+    ratio = light_r / cams.distance  # the light is around the camera (DreamFusion), as far or farther
+    assert ratio.min() >= 1.0 - 1e-5 and ratio.max() <= 1.5 + 1e-5
+    assert light_r.min() > 1.0  # never inside the unit bounding sphere, i.e. inside the object
     cos = torch.nn.functional.cosine_similarity(cams.light_pos, cams.positions, dim=-1)
     assert cos.mean() > 0.8 and cos.min() > 0.0  # the light sits near the camera direction
     # same seed, same cameras

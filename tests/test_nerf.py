@@ -158,7 +158,7 @@ def test_field_outputs_and_bounding_sphere():
 def test_blob_density_and_outward_normals(normals):
     # at initialisation the Gaussian blob dominates: density peaks at the origin and the
     # normals (-grad density) point radially outwards
-    field = _small_field(normals=normals, density_blob_scale=10.0, density_blob_std=0.3)
+    field = _small_field(normals=normals, density_blob="gaussian", density_blob_scale=10.0, density_blob_radius=0.3)
     assert field.density(torch.zeros(1, 3)) > field.density(torch.tensor([[0.0, 0.6, 0.0]]))
     x = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1) * 0.3
     with torch.no_grad():
@@ -392,3 +392,27 @@ def test_linear_schedule():
     assert [s(0), s(5), s(10), s(20)] == [1.0, 0.5, 0.0, 0.0]
     assert LinearSchedule(0.3, 0.3, 100)(57) == 0.3
     assert LinearSchedule(0.0, 2.0, 0)(0) == 2.0
+
+
+@pytest.mark.parametrize("preset", ["paper", "toy", "smoke"])
+def test_untrained_field_is_empty_at_the_frame_edges_and_moderate_at_the_centre(preset):
+    """DreamFusion's density bias: at every corner of the preset's training camera range (distance x
+    fov), the untrained field's border pixels are nearly transparent and its centre is not a wall.
+    (The Gaussian bias that never went negative gave border opacity 0.65-1.0 and a 0.999 mean.)"""
+    from db3d.cameras import cameras_at
+    from db3d.config import compose
+    from db3d.fit import field_config
+    from db3d.nerf import render_views
+
+    nerf = compose([f"preset={preset}"] + (["backbone=toy"] if preset == "toy" else [])).nerf
+    torch.manual_seed(0)
+    field = NeRFField(field_config(nerf))
+    for dist in nerf.distance_range:
+        for fov in nerf.fov_range:
+            cams = cameras_at(torch.tensor([0.0, 120.0]), torch.tensor([0.0, 30.0]), dist, fov, 32)
+            o = render_views(field, cams, n_samples=nerf.n_samples).opacity[..., 0]  # (2, 32, 32)
+            border = torch.cat([o[:, 0], o[:, -1], o[:, :, 0], o[:, :, -1]], dim=1).mean().item()
+            centre = o[:, 14:18, 14:18].mean().item()
+            print(f"{preset} distance {dist} fov {fov}: border {border:.3f} centre {centre:.3f} mean {o.mean():.3f}")
+            assert border <= 0.1, (dist, fov, border)
+            assert 0.5 <= centre <= 0.97, (dist, fov, centre)  # a blob to carve, not an opaque wall

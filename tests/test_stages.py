@@ -207,3 +207,84 @@ def test_sds_t_max_anneals_over_the_stage(tiny_sd, tmp_path, monkeypatch):
     fit_nerf(tmp_path / "n", "k", cfg.nerf, 16, 5, 0, torch.device("cpu"), sds=term)
     highs = [hi for _, hi in seen]
     assert highs[0] == pytest.approx(0.98) and highs == sorted(highs, reverse=True) and highs[-1] < 0.7
+
+
+def _fake_pseudo_views(folder: Path, n: int = 2, res: int = 32):
+    """A stage-2 folder as make_pseudo_views writes it: views/NN.png and cameras.json."""
+    import json
+
+    from PIL import Image
+
+    from db3d.artifacts import PseudoViews
+
+    (folder / "views").mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (res, res), (200, 40 * i, 90)).save(folder / "views" / f"{i:02d}.png")
+    (folder / "cameras.json").write_text(json.dumps({"n_views": n, "elevation_deg": 15.0, "distance": 1.75,
+                                                     "fov_y_deg": 50.0}))
+    return PseudoViews(path=str(folder), key="pv", n_views=n, t_pseudo=0.5, stage1_opacity_mean=0.2,
+                       stage1_opacity_edge=0.01)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_d_multi_starts_from_d_partials_weights(subject, tmp_path, monkeypatch, mode):
+    """Stage 3's multi-view DreamBooth continues D_partial (the paper), not the base model: with
+    the optimiser's step disabled for that run, D_multi's UNet equals D_partial's, tensor by tensor."""
+    from db3d.backbones import build_backbone
+    from db3d.data import load_subject_images
+    from db3d.personalize import backbone_for, personalize
+    from db3d.stages import Context, multiview_dreambooth
+
+    cfg = _cfg(tmp_path, f"dreambooth.mode={mode}", "dreambooth.prior_preservation=false")
+    bb = build_backbone(cfg.backbone)
+    images, _ = load_subject_images(subject, cfg.backbone.resolution)
+    store = tmp_path / "store"
+    db = personalize(cfg, bb, subject, images, store)
+    ctx = Context(cfg=cfg, bb=bb, subject=subject, images=images, prompt="a sks toy", store=store)
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: None)
+    d_multi = multiview_dreambooth(ctx, db.partial, _fake_pseudo_views(tmp_path / "pv"))
+    assert d_multi.key != db.partial.key and d_multi.step == cfg.dreambooth.multiview_steps
+    partial = backbone_for(bb, db.partial).unet.state_dict()
+    multi = backbone_for(bb, d_multi).unet.state_dict()
+    base = bb.unet.state_dict()
+    assert partial.keys() == multi.keys()
+    assert all(torch.equal(partial[k], multi[k]) for k in partial)
+    # and D_partial is not the base model: trained full weights, or trained LoRA factors
+    if mode == "full":
+        assert any(not torch.equal(partial[k], base[k]) for k in base)
+    else:
+        lora_b = [k for k in partial if "lora_B" in k]
+        assert lora_b and any(partial[k].abs().sum() > 0 for k in lora_b)
+
+
+def test_stage2_key_names_the_sampler_steps(subject, tmp_path):
+    """img2img takes a share of backbone.sample_steps: changing it must not reuse stale pseudo views."""
+    keys = []
+    for steps in (4, 6):
+        cfg = _cfg(tmp_path / str(steps), "backbone=tiny-sd", f"backbone.sample_steps={steps}",
+                   "dreambooth.prior_preservation=false")
+        result = run_method(cfg, subject, "a sks toy", tmp_path / str(steps) / "out")
+        keys.append(result.keys["stage2"])
+        assert result.diagnostics["stage1.opacity_edge"] >= 0.0 and "stage1.fog" in result.diagnostics
+    assert keys[0] != keys[1]
+
+
+@pytest.mark.parametrize("on_fog", ["fallback", "fail"])
+def test_a_foggy_stage1_never_becomes_stage3s_target(subject, tmp_path, on_fog):
+    """fog_edge_opacity=0 calls any stage-1 NeRF fog: fallback fits SDS from D_full (the row says
+    so, and the fusion baseline's NeRF is the same artifact); fail stops with the measurement."""
+    from db3d.stages import FoggyStage1
+
+    cfg = _cfg(tmp_path, "backbone=tiny-sd", "pseudo.fog_edge_opacity=0.0", f"pseudo.on_fog={on_fog}",
+               "dreambooth.prior_preservation=false")
+    if on_fog == "fail":
+        with pytest.raises(FoggyStage1, match="border opacity"):
+            run_method(cfg, subject, "a sks toy", tmp_path / "out")
+        return
+    result = run_method(cfg, subject, "a sks toy", tmp_path / "out")
+    assert result.diagnostics["stage1.fog"] is True
+    assert result.diagnostics["stage3.fallback"] == "dreambooth_fusion"
+    assert "stage3_dreambooth" not in result.seconds  # no fine-tune on noise
+    fusion = run_method(_cfg(tmp_path, "backbone=tiny-sd", "method=dreambooth_fusion",
+                             "dreambooth.prior_preservation=false"), subject, "a sks toy", tmp_path / "out")
+    assert fusion.final.key == result.final.key

@@ -1,5 +1,10 @@
 """NeRF field: hash grid -> small MLP -> density (blob-biased) and albedo; normals; background.
 
+The density's pre-activation gets a spatial bias at initialisation, DreamFusion's
+``tau(x) = lambda_tau * (1 - |x| / c)``: positive inside radius c (a blob for SDS to carve), negative
+outside it, so empty space starts empty (softplus(-lambda_tau) at |x| = 2c). A Gaussian bias, which
+never goes negative, leaves every point at density >= softplus(0) = ln 2 and fills the frame with fog.
+
 Positions live in world space; the field covers the bounding sphere of radius
 ``FieldConfig.bound_radius`` centred at the origin and has zero density outside it. Normals are
 ``-grad(density) / |grad(density)|``, by central finite differences (stable-dreamfusion's choice,
@@ -42,11 +47,15 @@ class FieldConfig:
     # hidden layers of that MLP (stable-dreamfusion: 3 layers of 64 in total)
     density_activation: Literal["softplus", "exp"] = "softplus"
     # density activation (DreamFusion: softplus; stable-dreamfusion: truncated exp)
-    density_blob_scale: float = 10.0
-    # peak of the Gaussian density bias added before the activation; DreamFusion adds a spatial
-    # density bias lambda_tau = 5 at initialisation, stable-dreamfusion's blob_density is 5-10
-    density_blob_std: float = 0.5
-    # std (world units) of that Gaussian (stable-dreamfusion's blob_radius: 0.2-0.5)
+    density_blob: Literal["linear", "gaussian"] = "linear"
+    # spatial bias of the density's pre-activation: "linear" is DreamFusion's
+    # lambda_tau * (1 - |x| / c) (also stable-dreamfusion's softplus branch), negative beyond c;
+    # "gaussian" is lambda_tau * exp(-|x|^2 / (2 c^2)) (stable-dreamfusion's exp branch), never negative
+    density_blob_scale: float = 5.0
+    # lambda_tau, the bias at the centre (DreamFusion: 5; stable-dreamfusion's blob_density: 5-10)
+    density_blob_radius: float = 0.4
+    # c in world units: the bias is 0 at |x| = c (DreamFusion: 0.5 of its scene scale;
+    # stable-dreamfusion's blob_radius: 0.2-0.5); for "gaussian" the std
     color_channels: int = 3
     # channels of the colour output: 3 for RGB albedo; 4 for Latent-NeRF, whose field renders
     # Stable Diffusion latents directly
@@ -85,9 +94,18 @@ def frequency_encoding(x: Tensor, n_frequencies: int) -> Tensor:  # (N, D) -> (N
     return torch.cat([x, torch.sin(xf), torch.cos(xf)], dim=-1)
 
 
-def density_blob(x: Tensor, scale: float, std: float) -> Tensor:  # (N, 3) -> (N,)
-    """Gaussian density bias ``scale * exp(-|x|^2 / (2 std^2))`` centred at the origin."""
-    return scale * torch.exp(-(x * x).sum(-1) / (2.0 * std * std))
+def density_blob(x: Tensor, scale: float, radius: float, kind: str = "linear") -> Tensor:  # (N, 3) -> (N,)
+    """Density pre-activation bias centred at the origin.
+
+    ``linear``:   ``scale * (1 - |x| / radius)``  (DreamFusion; negative beyond ``radius``)
+    ``gaussian``: ``scale * exp(-|x|^2 / (2 radius^2))``  (never negative)
+    """
+    r2 = (x * x).sum(-1)
+    if kind == "linear":
+        return scale * (1.0 - torch.sqrt(r2 + 1e-12) / radius)
+    if kind == "gaussian":
+        return scale * torch.exp(-r2 / (2.0 * radius * radius))
+    raise ValueError(f"density_blob={kind!r}: must be 'linear' or 'gaussian'")
 
 
 def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
@@ -142,7 +160,7 @@ class NeRFField(nn.Module):
         cfg = self.config
         r = cfg.bound_radius
         h = self.mlp(self.encoding((x / r + 1.0) * 0.5))  # (N, 1+C); cube [-r, r]^3 -> [0, 1]^3
-        pre = h[:, 0] + density_blob(x, cfg.density_blob_scale, cfg.density_blob_std)
+        pre = h[:, 0] + density_blob(x, cfg.density_blob_scale, cfg.density_blob_radius, cfg.density_blob)
         if cfg.density_activation == "exp":
             density = torch.exp(pre.clamp(max=15.0))  # truncated exp: no overflow
         else:
