@@ -183,6 +183,11 @@ def test_db3d_run_writes_a_parquet_row_and_a_failed_row_on_error(subject, tmp_pa
     assert len(df) == 1 and df.loc[0, "status"] == "ok" and df.loc[0, "method"] == "dreambooth3d"
     assert df.loc[0, "config.dreambooth.partial_steps"] == 2 and df.loc[0, "seconds.total"] > 0
     assert Path(df.loc[0, "uri.mesh.glb"]).exists()
+    # each NeRF stage's last logged loss terms and gradient norms, and stage 1's coverage
+    for col in ("nerf.stage1.grad_norm.sds", "nerf.final.grad_norm.sds", "nerf.final.loss.recon",
+                "nerf.final.grad_norm.opacity", "stage1.opacity_edge"):
+        assert df.loc[0, col] >= 0, col
+    assert df.loc[0, "nerf.final.grad_norm.sds"] > 0 and not df.loc[0, "stage1.fog"]
     import db3d.run as run_module
 
     def broken(*a, **k):

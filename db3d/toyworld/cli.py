@@ -6,7 +6,7 @@
                               a sample grid: one row per world caption (front view), n samples each
     db3d toyworld subjects out=DIR [n=8] [captures=5] [seed=1]
                               ToyWorld subjects as a DreamBooth-layout dataset root
-    db3d toyworld bench out=DIR [subjects=8] [sweep=toyworld] [sweep keys / run overrides ...]
+    db3d toyworld bench out=DIR [subjects=8] [subjects_seed=1] [sweep=toyworld] [sweep keys / run overrides ...]
                               the sweep sweeps/toyworld.yaml on its own subjects, then a table per
                               method: PSNR (all / back views), SSIM, retrieval rank, Janus score,
                               with bootstrap 95% intervals (OUT/bench.md)
