@@ -65,6 +65,8 @@ def test_ray_up_start_commands():
     head = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head
     assert "--include-dashboard=true" in head
+    assert "--dashboard-host=127.0.0.1" in head, "the job API is reached through `ray dashboard`'s SSH tunnel"
+    assert "0.0.0.0" not in head + " ".join(cfg["worker_start_ray_commands"])
     assert "--num-gpus=0" in head
     head_cpus = cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"]
     assert f"--num-cpus={head_cpus}" in head, "ray start and the node type must agree on the head's CPUs"
