@@ -7,8 +7,9 @@
        without the identifier token)
     3. copy every render and photo into DIR/media/ under a random name (secrets.token_hex), so no
        method name reaches a browser: not in file names, URLs, HTML, alt text or element ids
-    4. per rater: an opaque link token, a shuffled item order and a random left/right side per
-       item (random.Random seeded by `seed` and the rater's index: reproducible assignment)
+    4. per rater: an opaque link token, a shuffled item order, and counterbalanced sides
+       (`counterbalance`): every rater sees method_1 on the left in half of its items (+-1), also
+       within each method pair and question, and every item's sides split evenly across raters (+-1)
     5. write DIR/manifest.json (the hidden mapping: server side only), DIR/study.sqlite and
        DIR/links.txt (one link path per rater, for the experimenter)
 
@@ -121,6 +122,38 @@ def _pick_kind(m1: dict[str, Path], m2: dict[str, Path]) -> tuple[str, str]:
     return next(iter(m1)), next(iter(m2))
 
 
+def counterbalance(items: list[dict], raters: int, seed: int) -> list[list[int]]:
+    """first_left[r][k] for rater r and items[k] (1: method_1 shown on the left).
+
+    The items are laid out in one sequence, grouped by (method pair, question) and shuffled within
+    each group; along it the side alternates, and each rater starts the alternation at an offset
+    (half the raters 0, half 1, in a seeded order). So for every rater each contiguous block of the
+    sequence -- a (pair, question) group, a pair, all items -- has method_1 on the left in half of
+    its items (+-1), and for every item the raters' offsets split its sides evenly (+-1)."""
+    rng = random.Random(f"{seed}/sides")
+    groups: dict[tuple, list[int]] = {}
+    for k, it in enumerate(items):
+        groups.setdefault((it["method_1"], it["method_2"], it["question"]), []).append(k)
+    sequence = []
+    for key in sorted(groups):
+        block = groups[key][:]
+        rng.shuffle(block)
+        sequence += block
+    parity = {k: i % 2 for i, k in enumerate(sequence)}
+    offsets = [r % 2 for r in range(raters)]
+    rng.shuffle(offsets)
+    return [[(parity[k] + offsets[r]) % 2 for k in range(len(items))] for r in range(raters)]
+
+
+def balance(first_left: list[list[int]]) -> dict:
+    """How even the sides are: per rater, items with method_1 on the left (min, max, of how many);
+    per item, raters who saw method_1 on the left (min, max, of how many)."""
+    per_rater = [sum(row) for row in first_left]
+    per_item = [sum(col) for col in zip(*first_left)]
+    return {"rater_left": (min(per_rater), max(per_rater)), "items": len(first_left[0]),
+            "item_left": (min(per_item), max(per_item)), "raters": len(first_left)}
+
+
 def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: list[str] | None = None) -> Path:
     """Write a study into `out` (a new or empty folder) and return it (see the module docstring)."""
     results, out = Path(results), Path(out)
@@ -197,6 +230,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
     db_tmp = out / f".{store.DB_NAME}.tmp"
     con = store.create(db_tmp)
     tokens = []
+    sides = counterbalance(items, raters, seed)
     with con:
         con.execute("BEGIN")
         con.executemany("INSERT INTO meta VALUES (?, ?)", [("seed", str(seed)), ("results", str(results.resolve()))])
@@ -212,7 +246,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
             ids = [it["id"] for it in items]
             rng.shuffle(ids)
             con.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
-                            [(secrets.token_hex(16), r + 1, item, pos, int(rng.random() < 0.5), secrets.token_hex(16))
+                            [(secrets.token_hex(16), r + 1, item, pos, sides[r][item - 1], secrets.token_hex(16))
                              for pos, item in enumerate(ids)])
     con.close()
     os.chmod(db_tmp, 0o600)  # holds the rater tokens
@@ -220,7 +254,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": str(results.resolve()), "seed": seed, "raters": raters, "methods": order,
-        "questions": QUESTIONS, "trials": trials, "items": items, "warnings": sorted(set(warnings)),
+        "questions": QUESTIONS, "balance": balance(sides), "trials": trials, "items": items, "warnings": sorted(set(warnings)),
         "media": {name: str(src) for src, name in names.items()},
         "note": "Hidden mapping: never serve this file to raters. Answers live in study.sqlite.",
     }

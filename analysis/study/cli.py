@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             except StudyError as err:
                 print(f"study build: {err}", file=sys.stderr)
                 return 1
-            print(f"study in {out}: rater links in {out / 'links.txt'}; serve with `db3d study serve {out}`")
+            import json
+
+            b = json.loads((out / "manifest.json").read_text())["balance"]
+            print(f"study in {out}: rater links in {out / 'links.txt'}; serve with `db3d study serve {out}`\n"
+                  f"sides counterbalanced: each rater sees the first method on the left in {b['rater_left'][0]}-"
+                  f"{b['rater_left'][1]} of {b['items']} items; each item has it on the left for "
+                  f"{b['item_left'][0]}-{b['item_left'][1]} of {b['raters']} raters")
             return 0
         if cmd == "serve":
             from .server import serve
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         import pandas as pd
 
         table = tally(pd.read_parquet(answers), ties=ties, reference=opts.get("reference") or None)
-        md = tally_markdown(table, ties=ties)
+        md = tally_markdown(table, ties=ties, answers=pd.read_parquet(answers))
         (Path(path) / "tally.md").write_text(md)
         table.to_csv(Path(path) / "tally.csv", index=False)
         print(f"answers: {answers}\n\n{md}")
