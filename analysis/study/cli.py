@@ -1,7 +1,7 @@
 """`db3d study build|serve|export` (wired by db3d's CLI to `analysis.study.main`).
 
     build RESULTS out=DIR raters=N [seed=0] [methods=a,b,...]
-    serve DIR [port=8000] [host=127.0.0.1]
+    serve DIR [port=8000] [host=127.0.0.1] [origin=https://PUBLIC.HOST]
     export DIR [ties=exclude|half] [reference=METHOD]
 """
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 USAGE = __doc__.split("\n\n", 1)[1]
-KEYS = {"build": {"out", "raters", "seed", "methods"}, "serve": {"port", "host"}, "export": {"ties", "reference"}}
+KEYS = {"build": {"out", "raters", "seed", "methods"}, "serve": {"port", "host", "origin"}, "export": {"ties", "reference"}}
 
 
 def _parse(argv: list[str]) -> tuple[str, str, dict[str, str]]:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "serve":
             from .server import serve
 
-            serve(Path(path), opts.get("host", "127.0.0.1"), int(opts.get("port", 8000)))
+            serve(Path(path), opts.get("host", "127.0.0.1"), int(opts.get("port", 8000)), opts.get("origin", ""))
             return 0
         from .votes import export_answers, tally, tally_markdown
 

@@ -10,17 +10,31 @@
 
 Unknown tokens and paths get 404; no endpoint exposes answers. Exceptions are logged to stderr
 and answered with a plain 500 (never a traceback page). Tokens are shortened in the log.
+
+Load: a listen queue of 128 (the standard library's 5 reset bursts of votes), a fixed pool of
+`workers` threads with up to `queued` accepted connections waiting for one; beyond that a
+connection is answered 503 with Retry-After (its request read first, so the close is never a
+reset). A connection idle for `idle_timeout` seconds is closed; a body that has not arrived
+within `body_timeout` seconds gets 408. Cross-origin check: a POST's Origin must be `origin`
+(the public origin raters use, e.g. https://study.example.org behind a proxy), or, when none is
+configured, the origin of the Host header; "Origin: null" (sent under no-referrer) passes.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
+import selectors
+import socket
 import stat
 import sys
+import threading
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,18 +57,124 @@ SECURITY_HEADERS = {
 }
 
 
-class StudyServer(ThreadingHTTPServer):
-    daemon_threads = True
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 37\r\nConnection: close\r\n\r\nThe study is busy; retry in a second.")
 
-    def __init__(self, address: tuple[str, int], study_dir: Path, quiet: bool = False):
+
+def normalise_origin(origin: str) -> str:
+    """'HTTPS://Study.Example.org:443/' -> 'https://study.example.org' (scheme://host[:port])."""
+    u = urlsplit(origin.strip())
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"origin={origin!r}: expected scheme://host[:port], e.g. https://study.example.org")
+    default = {"http": 80, "https": 443}[u.scheme]
+    port = "" if u.port in (None, default) else f":{u.port}"
+    return f"{u.scheme}://{u.hostname.lower()}{port}"
+
+
+class StudyServer(HTTPServer):
+    request_queue_size = 128  # the listen backlog: a burst of votes waits here instead of being reset
+
+    def __init__(self, address: tuple[str, int], study_dir: Path, quiet: bool = False, workers: int = 8,
+                 queued: int = 64, idle_timeout: float = 10.0, body_timeout: float = 10.0, origin: str = ""):
         self.study_dir = Path(study_dir).resolve()
         self.db = self.study_dir / store.DB_NAME
         self.media = (self.study_dir / "media").resolve()
         self.quiet = quiet
+        self.idle_timeout, self.body_timeout = idle_timeout, body_timeout
+        self.origin = normalise_origin(origin) if origin else ""
         if not self.db.is_file():
             raise FileNotFoundError(f"{self.db}: no study database (run `db3d study build` first)")
-        store.connect(self.db).close()  # fail early on a broken database
+        store.check(self.db)  # fail early on a broken or foreign database
         super().__init__(address, Handler)
+        # a fixed pool; `slots` counts connections being served or waiting for a worker
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="study")
+        self.slots = threading.BoundedSemaphore(workers + queued)
+        self.rejects: queue.Queue = queue.Queue(maxsize=256)
+        self.rejected = 0  # connections answered 503 (for tests and the log)
+        threading.Thread(target=self._reject_loop, name="study-503", daemon=True).start()
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.rejected += 1
+            try:
+                self.rejects.put_nowait(request)
+            except queue.Full:  # a flood: no time to read the request first
+                self.shutdown_request(request)
+            return
+        self.pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def _reject_loop(self) -> None:
+        """503 for connections beyond the pool, many at a time (one selector): wait up to 0.2 s
+        for the request and read it (so closing is not a reset), answer, half-close, then close
+        at the client's EOF or after 1 s."""
+        sel = selectors.DefaultSelector()
+        deadlines: dict[socket.socket, tuple[str, float]] = {}
+
+        def answer(conn: socket.socket) -> None:
+            try:
+                conn.setblocking(True)
+                conn.settimeout(1.0)
+                conn.sendall(BUSY)
+                conn.shutdown(socket.SHUT_WR)
+                conn.setblocking(False)
+                deadlines[conn] = ("draining", time.monotonic() + 1.0)
+            except OSError:
+                drop(conn)
+
+        def drop(conn: socket.socket) -> None:
+            deadlines.pop(conn, None)
+            try:
+                sel.unregister(conn)
+            except (KeyError, ValueError):
+                pass
+            conn.close()
+
+        while True:
+            try:  # 1. newly refused connections
+                while True:
+                    conn = self.rejects.get_nowait() if deadlines else self.rejects.get()
+                    if conn is None:
+                        for c in list(deadlines):
+                            drop(c)
+                        return
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ)
+                    deadlines[conn] = ("request", time.monotonic() + 0.2)
+            except queue.Empty:
+                pass
+            # 2. reads: the request (then the answer), or the client's EOF after it
+            for key, _ in sel.select(timeout=0.02):
+                conn = key.fileobj
+                try:
+                    data = conn.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    drop(conn)
+                    continue
+                if deadlines[conn][0] == "request":
+                    answer(conn)
+                elif not data:
+                    drop(conn)
+            # 3. deadlines: a client that sent nothing is answered anyway; a drain ends
+            now = time.monotonic()
+            for conn, (state, when) in list(deadlines.items()):
+                if when <= now:
+                    answer(conn) if state == "request" else drop(conn)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.rejects.put(None)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class BadRequest(Exception):
@@ -65,7 +185,11 @@ class Handler(BaseHTTPRequestHandler):
     server: StudyServer
     server_version = "study"
     sys_version = ""
-    timeout = 30  # seconds a slow client may hold a thread
+    # HTTP/1.0 (the default): one request per connection, so no idle keep-alive holds a worker
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # seconds an idle connection may hold a worker
+        super().setup()
 
     # ---- plumbing ---------------------------------------------------------------------------------
 
@@ -101,6 +225,12 @@ class Handler(BaseHTTPRequestHandler):
             fn()
         except BadRequest as err:
             self.send_error(400, str(err))
+        except TimeoutError:  # the body did not arrive in time
+            self.close_connection = True
+            try:
+                self.send_error(408, "The request body did not arrive in time; nothing was recorded.")
+            except OSError:
+                pass
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:
@@ -141,8 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         if not m:
             return self.send_error(404)
         token = m.group(1)
-        origin = self.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != self.headers.get("Host", ""):
+        if not self._same_origin(self.headers.get("Origin")):
             return self.send_error(403, "Cross-origin form.")
         form = self._form()
         con = store.connect(self.server.db)
@@ -174,6 +303,35 @@ class Handler(BaseHTTPRequestHandler):
         else:  # unknown task, or another rater's
             raise BadRequest("Unknown item.")
 
+    def _same_origin(self, origin: str | None) -> bool:
+        if not origin or origin == "null":
+            return True
+        try:
+            got = normalise_origin(origin)
+        except ValueError:
+            return False
+        if self.server.origin:
+            return got == self.server.origin
+        return urlsplit(origin).netloc == self.headers.get("Host", "")
+
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes within the server's body_timeout (a deadline for the whole body, not per
+        read: a client trickling bytes cannot hold a worker); TimeoutError -> 408."""
+        deadline = time.monotonic() + self.server.body_timeout
+        chunks, got = [], 0
+        while got < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.connection.settimeout(left)
+            chunk = self.rfile.read1(length - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
+
     def _form(self) -> dict[str, str]:
         """The urlencoded body's item, nonce and choice (each exactly once), else BadRequest."""
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -185,7 +343,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest("Missing or invalid Content-Length.") from None
         if not 0 <= length <= MAX_BODY:
             raise BadRequest("Form too large.")
-        body = self.rfile.read(length)
+        body = self._read_body(length)
         if len(body) != length:
             raise BadRequest("Truncated form.")
         try:
@@ -243,16 +401,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def make_server(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> StudyServer:
-    """A bound server (port 0: any free port, see `server.server_address`); call serve_forever()."""
-    return StudyServer((host, int(port)), study_dir, quiet=quiet)
+def make_server(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+                **options) -> StudyServer:
+    """A bound server (port 0: any free port, see `server.server_address`); call serve_forever().
+    options: workers, queued, idle_timeout, body_timeout, origin (see StudyServer)."""
+    return StudyServer((host, int(port)), study_dir, quiet=quiet, **options)
 
 
-def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, origin: str = "") -> None:
     """Serve until interrupted; prints the base URL and the rater links first."""
-    httpd = make_server(study_dir, host, port)
+    httpd = make_server(study_dir, host, port, origin=origin)
     h, p = httpd.server_address[:2]
-    base = f"http://{h}:{p}"
+    base = httpd.origin or f"http://{h}:{p}"
     print(f"serving {Path(study_dir)} on {base}/ (Ctrl-C to stop)", flush=True)
     links = Path(study_dir) / "links.txt"
     if links.is_file():

@@ -35,6 +35,7 @@ ANSWER_SCHEMA = pa.schema([
 
 def read_answers(study_dir: Path) -> pd.DataFrame:
     """Every stored answer with the hidden mapping resolved (works while the server runs)."""
+    store.check(Path(study_dir) / store.DB_NAME)  # never creates a database in a non-study folder
     con = store.connect(Path(study_dir) / store.DB_NAME)
     try:
         rows = con.execute(
