@@ -47,6 +47,25 @@ MEDIA_COLUMNS = (  # preference order; a pair uses the first kind both sides hav
 MEDIA_SUFFIXES = (".mp4", ".gif", ".png", ".jpg", ".jpeg", ".webp")  # what the server will serve
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PHOTOS = 6
+REQUIRED_COLUMNS = ("trial_id", "status", "prompt", "method", "subject")
+
+
+def is_media(path: Path) -> bool:
+    """A regular file (not a symlink) whose content is what its suffix says: an image PIL can
+    verify, or an MP4 (an ISO-BMFF 'ftyp' box first)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix.lower() == ".mp4":
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many kinds for a file that is not an image
+        return False
 
 
 class StudyError(ValueError):
@@ -57,14 +76,24 @@ def read_results(results: Path) -> pd.DataFrame:
     """Every trial row of a hive-partitioned results dataset. Files may differ in columns (a failed
     row has no uri.*), so the schema is the union of every file's, with method/subject as strings."""
     results = Path(results)
+    if not results.is_dir():
+        raise StudyError(f"{results}: no such results folder")
     if not any(results.glob("method=*/subject=*/*.parquet")):
         raise StudyError(f"{results}: no results (expected method=*/subject=*/part-*.parquet)")
     part = pa.schema([("method", pa.string()), ("subject", pa.string())])
     hive = ds.partitioning(part, flavor="hive")
-    first = ds.dataset(str(results), format="parquet", partitioning=hive)
-    physical = pa.unify_schemas([f.physical_schema for f in first.get_fragments()], promote_options="permissive")
-    fields = [f for f in physical if f.name not in part.names] + list(part)
-    return ds.dataset(str(results), format="parquet", partitioning=hive, schema=pa.schema(fields)).to_table().to_pandas()
+    try:
+        first = ds.dataset(str(results), format="parquet", partitioning=hive)
+        physical = pa.unify_schemas([f.physical_schema for f in first.get_fragments()], promote_options="permissive")
+        fields = [f for f in physical if f.name not in part.names] + list(part)
+        df = ds.dataset(str(results), format="parquet", partitioning=hive, schema=pa.schema(fields)).to_table().to_pandas()
+    except (pa.ArrowException, OSError) as err:  # mixed column types, a corrupt or truncated file
+        raise StudyError(f"{results}: cannot read the results as one table: {' '.join(str(err).split())[:300]}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise StudyError(f"{results}: the results lack the columns {missing} (a sweep's rows have "
+                         f"{', '.join(REQUIRED_COLUMNS)})")
+    return df
 
 
 def strip_identifier(prompt: str, identifier: str = "sks") -> str:
@@ -90,7 +119,7 @@ def _media(row: pd.Series, results: Path) -> dict[str, Path]:
     found = {}
     for col, _ in MEDIA_COLUMNS:
         p = _file(row.get(col), results)
-        if p is not None and p.suffix.lower() in MEDIA_SUFFIXES:
+        if p is not None and p.suffix.lower() in MEDIA_SUFFIXES and is_media(p):
             found[col] = p
     return found
 
@@ -107,8 +136,8 @@ def subject_photos(row: pd.Series, results: Path) -> list[Path]:
             cands.append(results.parent / "subjects" / name)
     for c in cands:
         if c.is_dir():
-            files = sorted(p for p in c.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in PHOTO_SUFFIXES)
+            files = sorted(p for p in c.iterdir() if not p.name.startswith(".")  # no symlinks, images only
+                           and p.suffix.lower() in PHOTO_SUFFIXES and is_media(p))
             if files:
                 return [p.resolve() for p in files[:MAX_PHOTOS]]
     return []
@@ -159,6 +188,8 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
     results, out = Path(results), Path(out)
     if raters < 1:
         raise StudyError(f"raters={raters}: need at least one rater")
+    if methods is not None and (len(set(methods)) != len(methods) or len(methods) < 2):
+        raise StudyError(f"methods={','.join(methods)}: name at least two methods, each once")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StudyError(f"{out}: exists and is not an empty folder (a study's answers are never overwritten)")
     df = read_results(results)
@@ -188,7 +219,8 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
         else:
             warnings.append(f"{method} / {subject} / {prompt!r}: no ok trial has renders on disk ({ids})")
 
-    # 2. pairs x questions; 3. media under opaque names
+    # 2. pairs x questions; 3. media under opaque names (a folder this call made goes if it fails)
+    made_out = not out.exists()
     (out / "media").mkdir(parents=True, exist_ok=True)
     names: dict[Path, str] = {}
 
@@ -222,7 +254,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
                     "photos": [opaque(p) for p in photos] if question == "subject_fidelity" else [],
                 })
     if not items:
-        shutil.rmtree(out / "media")
+        shutil.rmtree(out if made_out else out / "media")
         raise StudyError(f"{results}: no subject x prompt has ok trials with renders from two methods "
                          f"(methods: {order}); " + "; ".join(warnings[:5]))
 

@@ -82,8 +82,6 @@ class StudyServer(HTTPServer):
         self.quiet = quiet
         self.idle_timeout, self.body_timeout = idle_timeout, body_timeout
         self.origin = normalise_origin(origin) if origin else ""
-        if not self.db.is_file():
-            raise FileNotFoundError(f"{self.db}: no study database (run `db3d study build` first)")
         store.check(self.db)  # fail early on a broken or foreign database
         super().__init__(address, Handler)
         # a fixed pool; `slots` counts connections being served or waiting for a worker

@@ -95,6 +95,16 @@ def check(db: Path) -> None:
         raise NotAStudy(f"{db}: not a study database (tables {sorted(names)}; expected {sorted(TABLES)})")
 
 
+def methods(db: Path) -> list[str]:
+    """The methods a study compares (read only)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = con.execute("SELECT method_1 FROM items UNION SELECT method_2 FROM items").fetchall()
+    finally:
+        con.close()
+    return sorted(r[0] for r in rows)
+
+
 def create(db: Path) -> sqlite3.Connection:
     con = connect(db)
     con.executescript(SCHEMA)
