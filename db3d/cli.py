@@ -42,7 +42,8 @@ def run_help() -> str:
     """What `db3d run` takes: the groups and every key, by section (documented in db3d/config.py)."""
     from importlib import resources
 
-    from .config import CONFIG_GROUPS, RunConfig
+    from .config import RunConfig
+    from .overrides import CONFIG_GROUPS
 
     lines = ["db3d run [group=option ...] [key=value ...]", "",
              "e.g. db3d run subject=PATH prompt=\"a sks dog sleeping\" preset=smoke out=DIR", "", "groups:"]
