@@ -33,6 +33,9 @@ options (passed to `ray job submit`):
   --OPTION=VALUE            any other `ray job submit` option, e.g. --entrypoint-num-gpus=0
   -h, --help                this text
 
+Right after `ray up` the head's job agent can take a while: "No available agent to submit job"
+is retried DB3D_SUBMIT_ATTEMPTS times (default 30), DB3D_SUBMIT_PAUSE seconds apart (default 4).
+
 Auth: if RAY_AUTH_MODE is unset and a token is found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token), RAY_AUTH_MODE=token is exported for the ray CLI.
 
@@ -132,4 +135,28 @@ cmd=(ray job submit
     -- db3d sweep "sweep=$sweep" "out=$out" "$@")
 printf -v shown ' %q' "${cmd[@]}"
 echo "cluster/submit.sh: (cd $repo &&$shown)" >&2
-exec "${cmd[@]}"
+
+# 6. right after `ray up` the head's job agent may not be up yet: Ray answers "No available agent
+#    to submit job" and creates no job, so that answer (only that one) is retried, a bounded number
+#    of times (DB3D_SUBMIT_ATTEMPTS, default 30, DB3D_SUBMIT_PAUSE seconds apart, default 4)
+attempts=${DB3D_SUBMIT_ATTEMPTS:-30}
+pause=${DB3D_SUBMIT_PAUSE:-4}
+[[ "$attempts" =~ ^[1-9][0-9]*$ ]] || die "DB3D_SUBMIT_ATTEMPTS='$attempts' must be a positive whole number"
+[[ "$pause" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "DB3D_SUBMIT_PAUSE='$pause' must be a number of seconds"
+log=$(mktemp "${TMPDIR:-/tmp}/db3d-submit.XXXXXX")
+trap 'rm -f "$log"' EXIT
+for ((attempt = 1; ; attempt++)); do
+    set +e
+    "${cmd[@]}" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if ((rc == 0)) || ! grep -q "No available agent to submit job" "$log"; then
+        exit "$rc"
+    fi
+    if ((attempt >= attempts)); then
+        echo "cluster/submit.sh: the head's job agent did not come up in $attempts attempts, ${pause}s apart; no job was submitted. Check the head with 'ray status' and its dashboard_agent.log (under /tmp/ray/session_latest/logs), then submit again" >&2
+        exit "$rc"
+    fi
+    echo "cluster/submit.sh: the head's job agent is not up yet (attempt $attempt of $attempts); retrying in ${pause}s" >&2
+    sleep "$pause"
+done

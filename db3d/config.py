@@ -443,13 +443,17 @@ def register_configs() -> None:
 def compose(overrides: list[str]) -> RunConfig:
     """Compose conf/run.yaml with command-line style overrides into a validated RunConfig.
 
-    Unknown keys and wrong types fail here (Hydra / OmegaConf); ranges and choices in validate().
+    Unknown keys fail first, with the nearest valid key; wrong types in Hydra / OmegaConf (one
+    line each); ranges and choices in validate().
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from .overrides import check_override_keys
+
+    check_override_keys(list(overrides))
     register_configs()
     GlobalHydra.instance().clear()
     try:
@@ -458,8 +462,11 @@ def compose(overrides: list[str]) -> RunConfig:
         cfg = OmegaConf.to_object(dcfg)
     except Exception as err:  # Hydra / OmegaConf: unknown key, wrong type, missing group option
         messages, cause = [], err
-        while cause is not None:
-            messages.append(" ".join(str(cause).split()))
+        while cause is not None:  # one line: Hydra's internals (full_key, search path) cut off
+            text = " ".join(str(cause).split())
+            for cut in (" full_key:", " Config search path:", " See https://hydra.cc"):
+                text = text.split(cut)[0]
+            messages.append(text)
             cause = cause.__cause__
         raise ConfigError([": ".join(dict.fromkeys(m for m in messages if m))]) from err
     validate(cfg)

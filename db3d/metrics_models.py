@@ -171,11 +171,11 @@ def resolve_clip_weights(name: str, weights: str | None, tag: str = "openai", ca
     hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
     repo = "/".join(hub.split("/")[:2])  # "timm/vit_base_patch32_clip_224.openai"
     how = (
-        f"Provide them with weights=<file or folder>, e.g. on a machine with network run\n"
+        f"Provide them with metrics.weights=<file or folder>, e.g. on a machine with network run\n"
         f"  hf download {repo or '<repo>'} {CLIP_WEIGHT_FILES[0]} --local-dir <folder>\n"
         f"and copy <folder> here; or fill the Hugging Face cache there with\n"
         f"  python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"\n"
-        f"and copy ~/.cache/huggingface/hub across. weights='random' builds the architecture with "
+        f"and copy ~/.cache/huggingface/hub across. metrics.weights=random builds the architecture with "
         f"random weights (tests only)."
     )
     if weights is not None:
@@ -197,12 +197,12 @@ def resolve_dino_weights(weights: str | None, cache_dir: str | None = None) -> s
     if weights == "random":
         return "random"
     how = (
-        f"Provide them with weights=<file or folder>, e.g. on a machine with network run\n"
+        f"Provide them with metrics.weights=<file or folder>, e.g. on a machine with network run\n"
         f"  hf download {DINO_HF_REPO} {DINO_WEIGHT_FILES[0]} --local-dir <folder>\n"
         f"and copy <folder> here (the original dino_deitsmall16_pretrain.pth from "
         f"facebookresearch/dino works too); or fill the Hugging Face cache there with\n"
         f"  python -c \"import timm; timm.create_model('{DINO_TIMM}', pretrained=True)\"\n"
-        f"and copy ~/.cache/huggingface/hub across. weights='random' builds the architecture with "
+        f"and copy ~/.cache/huggingface/hub across. metrics.weights=random builds the architecture with "
         f"random weights (tests only)."
     )
     if weights is not None:

@@ -68,9 +68,18 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
-    # 1. inputs, validated before any model loads
-    check_metric_weights(cfg)  # missing CLIP / DINO weights fail now, not after hours of training
-    cfg, subject, prompt = resolve_inputs(cfg)
+    # 1. inputs, validated before any model loads, in the order a user needs them: the config was
+    #    composed already; then the subject and data; then the weights (missing CLIP / DINO weights
+    #    fail now, not after hours of training). A generated subject (no subject=) is written into
+    #    `out`, so its weights are checked before it is made.
+    if cfg.subject:
+        cfg, subject, prompt = resolve_inputs(cfg)
+        check_metric_weights(cfg)
+    else:
+        if cfg.prompt:
+            check_prompt(cfg.prompt, cfg.dreambooth.identifier)
+        check_metric_weights(cfg)
+        cfg, subject, prompt = resolve_inputs(cfg)
     start = time.perf_counter()
     bb = build_backbone(cfg.backbone)  # missing real weights fail here, before anything is written
     backbone_seconds = time.perf_counter() - start

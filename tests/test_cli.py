@@ -82,3 +82,67 @@ def test_run_smoke_on_a_generated_subject_and_resume(tmp_path, capsys):
     assert done.stat().st_mtime_ns == stamp
     # the saved config is the resolved one
     assert "partial_steps: 2" in (out / "config.yaml").read_text()
+
+
+# --- errors in the order a user needs them; --help everywhere; the nearest key -------------------
+def _subject(tmp_path: Path) -> Path:
+    from db3d.data import make_synthetic_subject
+
+    return make_synthetic_subject(tmp_path / "subject", n_images=3, seed=0)
+
+
+@pytest.mark.parametrize("case", ["config", "subject", "weights"])
+def test_run_errors_come_config_then_subject_then_weights_one_line_each(case, tmp_path, monkeypatch, capsys):
+    _no_model_loads(monkeypatch)
+    args = {"config": ["nerf.stpes=10", "subject=/no/such/subject", "metrics.weights=/no/clip/weights"],
+            "subject": ["subject=/no/such/subject", "metrics.weights=/no/clip/weights"],
+            "weights": [f"subject={_subject(tmp_path)}", "class_noun=toy", "metrics.weights=/no/clip/weights"]}[case]
+    assert cli.main(["run", "backbone=tiny-if", f"out={tmp_path / 'out'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    expected = {"config": "did you mean nerf.steps=10?", "subject": "/no/such/subject",
+                "weights": "/no/clip/weights"}[case]
+    assert expected in err, err
+    later = {"config": ["/no/such/subject", "weights"], "subject": ["weights"], "weights": []}[case]
+    assert not any(word in err for word in later), err  # a later problem never hides an earlier one
+    if case == "weights":
+        assert "metrics.weights=DIR" in err and " weights=<" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_missing_weights_hint_names_the_key_that_exists(tmp_path):
+    from db3d.metrics_models import MetricWeightsNotFound, resolve_clip_weights
+
+    with pytest.raises(MetricWeightsNotFound) as err:
+        resolve_clip_weights("ViT-B-32", str(tmp_path / "none"))
+    assert "metrics.weights=<file or folder>" in str(err.value) and "with weights=" not in str(err.value)
+
+
+@pytest.mark.parametrize("arg, hint", [("nerf.stpes=10", "nerf.steps=10"), ("weights=/models/clip", "metrics.weights"),
+                                       ("nref.steps=3", "nerf.steps=3"), ("dreambooth.ful_steps=3", "dreambooth.full_steps")])
+def test_an_unknown_key_is_answered_with_the_nearest_valid_key(arg, hint, tmp_path, monkeypatch, capsys):
+    _no_model_loads(monkeypatch)
+    assert cli.main(["run", f"out={tmp_path / 'out'}", arg]) == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {hint}" in err and "+" + arg.split("=")[0] not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command, needle", [
+    ("run", "nerf.{steps"), ("run", "backbone=if|sd|tiny-if|tiny-sd|toy"), ("sweep", "max_concurrent"),
+    ("metrics", "RESULTS"), ("report", "RESULTS"), ("study", "build RESULTS out=DIR raters=N"),
+    ("toyworld", "train-prior"), ("check-data", "PATH"), ("doctor", "Takes nothing"),
+])
+def test_help_on_every_command_exits_zero_and_lists_what_it_takes(command, needle, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert needle in out, out
+
+
+def test_db3d_help_names_every_command_and_run_help_is_not_a_hydra_error():
+    top = subprocess.run([sys.executable, "-m", "db3d.cli", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0
+    header = top.stdout.splitlines()[0]
+    assert all(c in header for c in cli.COMMANDS), header
+    run = subprocess.run([sys.executable, "-m", "db3d.cli", "run", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "LexerNoViableAltException" not in run.stdout + run.stderr
+    assert "metrics.{enabled" in run.stdout

@@ -65,6 +65,8 @@ def test_ray_up_start_commands():
     head = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head
     assert "--include-dashboard=true" in head
+    assert "--dashboard-host=127.0.0.1" in head, "the job API is reached through `ray dashboard`'s SSH tunnel"
+    assert "0.0.0.0" not in head + " ".join(cfg["worker_start_ray_commands"])
     assert "--num-gpus=0" in head
     head_cpus = cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"]
     assert f"--num-cpus={head_cpus}" in head, "ray start and the node type must agree on the head's CPUs"
@@ -197,6 +199,12 @@ STUB = """#!/usr/bin/env bash
 printf '%s' "$PWD" > "$STUB_DIR/cwd"
 printf '%s' "${RAY_AUTH_MODE-<unset>}" > "$STUB_DIR/auth_mode"
 printf '%s\\0' "$@" > "$STUB_DIR/argv"
+echo x >> "$STUB_DIR/calls"
+if [[ -n "${STUB_NO_AGENT:-}" ]] && (( $(wc -l < "$STUB_DIR/calls") <= STUB_NO_AGENT )); then
+    echo "RuntimeError: Request failed with status code 500: No available agent to submit job, please try again later."
+    exit 1
+fi
+exit "${STUB_RC:-0}"
 """
 
 
@@ -225,6 +233,7 @@ def stub(tmp_path):
     run.argv, run.home = argv, home
     run.cwd = lambda: (tmp_path / "cwd").read_text()
     run.auth_mode = lambda: (tmp_path / "auth_mode").read_text()
+    run.calls = lambda: len((tmp_path / "calls").read_text().split()) if (tmp_path / "calls").exists() else 0
     return run
 
 
@@ -315,3 +324,25 @@ def test_readme_documents_the_submit_command():
     for needle in ("ray up cluster/ray-cluster.yaml", "kubectl apply -f cluster/kuberay/raycluster.yaml",
                    "ray job logs -f", "Tuner.restore", "RAY_AUTH_MODE", "HF_HUB_OFFLINE=1"):
         assert needle in text, needle
+
+
+@needs_bash
+def test_submit_waits_for_the_heads_job_agent_then_submits(stub):
+    res = stub("demo", "/mnt/shared/x", STUB_NO_AGENT="3", DB3D_SUBMIT_PAUSE="0")
+    assert res.returncode == 0, res.stderr
+    assert stub.calls() == 4 and res.stderr.count("job agent is not up yet") == 3
+    assert "attempt 3 of 30" in res.stderr
+
+
+@needs_bash
+def test_submit_gives_up_on_an_agent_that_never_comes_with_a_clear_message(stub):
+    res = stub("demo", "/mnt/shared/x", STUB_NO_AGENT="99", DB3D_SUBMIT_PAUSE="0", DB3D_SUBMIT_ATTEMPTS="5")
+    assert res.returncode == 1 and stub.calls() == 5
+    assert "did not come up in 5 attempts" in res.stderr and "no job was submitted" in res.stderr
+
+
+@needs_bash
+def test_submit_does_not_retry_other_failures(stub):
+    res = stub("demo", "/mnt/shared/x", STUB_RC="3", DB3D_SUBMIT_PAUSE="0")
+    assert res.returncode == 3 and stub.calls() == 1
+    assert stub("demo", "/mnt/shared/x", DB3D_SUBMIT_ATTEMPTS="zero").returncode == 2

@@ -210,6 +210,11 @@ def test_a_sweep_whose_driver_dies_resumes_without_lost_or_duplicated_rows(tmp_p
     assert "resuming" in again.stdout
     df = read_results(tmp_path / "o" / "results")
     assert len(df) == 3 and df["trial_id"].is_unique and set(df["status"]) == {"ok"}
+    from sweep_checks import check_artifacts, check_results
+
+    figures = check_results(tmp_path / "o", expected_trials=3)  # lost 0, duplicated 0, no partial Parquet
+    check_artifacts(tmp_path / "o")  # the killed driver's trials left no half-written stage
+    print(f"\ndriver SIGKILLed with {len(before)} of 3 rows written; after the rerun: {figures}")
 
 
 def _free_port() -> int:
@@ -218,29 +223,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+NOT_UP_YET = ("No available agent to submit job", "Connection refused", "Failed to connect", "Cannot connect")
+
+
+def submit_when_the_job_agent_is_up(submit: list[str], env: dict, attempts: int = 60, pause: float = 4.0):
+    """`ray job submit`, retried while the head's dashboard or job agent is not up yet (Ray then
+    creates no job), at most `attempts` times; any other failure is returned at once."""
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+        if proc.returncode == 0 or not any(s in proc.stdout + proc.stderr for s in NOT_UP_YET):
+            return proc
+        time.sleep(pause)
+    raise AssertionError(f"the head's job agent did not come up in {attempts} attempts, {pause}s apart: "
+                         f"{(proc.stdout + proc.stderr)[-1500:]}")
+
+
 def test_ray_job_submit_to_a_head_on_loopback_runs_a_sweep(tmp_path):
     import shutil
     import tempfile
 
     ray_bin = Path(sys.executable).with_name("ray")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
-    env = {**ENV, "RAY_ADDRESS": ""}
+    env = {**ENV, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # node address 127.0.0.1 for real
     env.pop("RAY_ADDRESS")
     head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+                             # not the default agent port 52365 / client port 10001: another Ray on this
+                             # machine may hold them, and a job agent that cannot bind never comes up
+                             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
                              "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         spec = _mini_sweep(tmp_path, lambdas=(1.0,))
         submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
                   sys.executable, "-m", "db3d.cli", "sweep", f"sweep={spec}", f"out={tmp_path / 'o'}"]
-        end = time.time() + 90
-        while True:  # the dashboard's job server takes a few seconds to come up
-            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
-            if proc.returncode == 0 or time.time() > end:
-                break
-            time.sleep(2)
+        proc = submit_when_the_job_agent_is_up(submit, env)
         assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), proc.stdout[-3000:] + proc.stderr[-3000:]
         df = pd.read_parquet(next((tmp_path / "o" / "results").glob("*/*/*.parquet")))
         assert df.loc[0, "status"] == "ok"

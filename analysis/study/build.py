@@ -7,8 +7,9 @@
        without the identifier token)
     3. copy every render and photo into DIR/media/ under a random name (secrets.token_hex), so no
        method name reaches a browser: not in file names, URLs, HTML, alt text or element ids
-    4. per rater: an opaque link token, a shuffled item order and a random left/right side per
-       item (random.Random seeded by `seed` and the rater's index: reproducible assignment)
+    4. per rater: an opaque link token, a shuffled item order, and counterbalanced sides
+       (`counterbalance`): every rater sees method_1 on the left in half of its items (+-1), also
+       within each method pair and question, and every item's sides split evenly across raters (+-1)
     5. write DIR/manifest.json (the hidden mapping: server side only), DIR/study.sqlite and
        DIR/links.txt (one link path per rater, for the experimenter)
 
@@ -46,6 +47,25 @@ MEDIA_COLUMNS = (  # preference order; a pair uses the first kind both sides hav
 MEDIA_SUFFIXES = (".mp4", ".gif", ".png", ".jpg", ".jpeg", ".webp")  # what the server will serve
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PHOTOS = 6
+REQUIRED_COLUMNS = ("trial_id", "status", "prompt", "method", "subject")
+
+
+def is_media(path: Path) -> bool:
+    """A regular file (not a symlink) whose content is what its suffix says: an image PIL can
+    verify, or an MP4 (an ISO-BMFF 'ftyp' box first)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix.lower() == ".mp4":
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many kinds for a file that is not an image
+        return False
 
 
 class StudyError(ValueError):
@@ -56,14 +76,24 @@ def read_results(results: Path) -> pd.DataFrame:
     """Every trial row of a hive-partitioned results dataset. Files may differ in columns (a failed
     row has no uri.*), so the schema is the union of every file's, with method/subject as strings."""
     results = Path(results)
+    if not results.is_dir():
+        raise StudyError(f"{results}: no such results folder")
     if not any(results.glob("method=*/subject=*/*.parquet")):
         raise StudyError(f"{results}: no results (expected method=*/subject=*/part-*.parquet)")
     part = pa.schema([("method", pa.string()), ("subject", pa.string())])
     hive = ds.partitioning(part, flavor="hive")
-    first = ds.dataset(str(results), format="parquet", partitioning=hive)
-    physical = pa.unify_schemas([f.physical_schema for f in first.get_fragments()], promote_options="permissive")
-    fields = [f for f in physical if f.name not in part.names] + list(part)
-    return ds.dataset(str(results), format="parquet", partitioning=hive, schema=pa.schema(fields)).to_table().to_pandas()
+    try:
+        first = ds.dataset(str(results), format="parquet", partitioning=hive)
+        physical = pa.unify_schemas([f.physical_schema for f in first.get_fragments()], promote_options="permissive")
+        fields = [f for f in physical if f.name not in part.names] + list(part)
+        df = ds.dataset(str(results), format="parquet", partitioning=hive, schema=pa.schema(fields)).to_table().to_pandas()
+    except (pa.ArrowException, OSError) as err:  # mixed column types, a corrupt or truncated file
+        raise StudyError(f"{results}: cannot read the results as one table: {' '.join(str(err).split())[:300]}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise StudyError(f"{results}: the results lack the columns {missing} (a sweep's rows have "
+                         f"{', '.join(REQUIRED_COLUMNS)})")
+    return df
 
 
 def strip_identifier(prompt: str, identifier: str = "sks") -> str:
@@ -89,7 +119,7 @@ def _media(row: pd.Series, results: Path) -> dict[str, Path]:
     found = {}
     for col, _ in MEDIA_COLUMNS:
         p = _file(row.get(col), results)
-        if p is not None and p.suffix.lower() in MEDIA_SUFFIXES:
+        if p is not None and p.suffix.lower() in MEDIA_SUFFIXES and is_media(p):
             found[col] = p
     return found
 
@@ -106,8 +136,8 @@ def subject_photos(row: pd.Series, results: Path) -> list[Path]:
             cands.append(results.parent / "subjects" / name)
     for c in cands:
         if c.is_dir():
-            files = sorted(p for p in c.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in PHOTO_SUFFIXES)
+            files = sorted(p for p in c.iterdir() if not p.name.startswith(".")  # no symlinks, images only
+                           and p.suffix.lower() in PHOTO_SUFFIXES and is_media(p))
             if files:
                 return [p.resolve() for p in files[:MAX_PHOTOS]]
     return []
@@ -121,11 +151,45 @@ def _pick_kind(m1: dict[str, Path], m2: dict[str, Path]) -> tuple[str, str]:
     return next(iter(m1)), next(iter(m2))
 
 
+def counterbalance(items: list[dict], raters: int, seed: int) -> list[list[int]]:
+    """first_left[r][k] for rater r and items[k] (1: method_1 shown on the left).
+
+    The items are laid out in one sequence, grouped by (method pair, question) and shuffled within
+    each group; along it the side alternates, and each rater starts the alternation at an offset
+    (half the raters 0, half 1, in a seeded order). So for every rater each contiguous block of the
+    sequence -- a (pair, question) group, a pair, all items -- has method_1 on the left in half of
+    its items (+-1), and for every item the raters' offsets split its sides evenly (+-1)."""
+    rng = random.Random(f"{seed}/sides")
+    groups: dict[tuple, list[int]] = {}
+    for k, it in enumerate(items):
+        groups.setdefault((it["method_1"], it["method_2"], it["question"]), []).append(k)
+    sequence = []
+    for key in sorted(groups):
+        block = groups[key][:]
+        rng.shuffle(block)
+        sequence += block
+    parity = {k: i % 2 for i, k in enumerate(sequence)}
+    offsets = [r % 2 for r in range(raters)]
+    rng.shuffle(offsets)
+    return [[(parity[k] + offsets[r]) % 2 for k in range(len(items))] for r in range(raters)]
+
+
+def balance(first_left: list[list[int]]) -> dict:
+    """How even the sides are: per rater, items with method_1 on the left (min, max, of how many);
+    per item, raters who saw method_1 on the left (min, max, of how many)."""
+    per_rater = [sum(row) for row in first_left]
+    per_item = [sum(col) for col in zip(*first_left)]
+    return {"rater_left": (min(per_rater), max(per_rater)), "items": len(first_left[0]),
+            "item_left": (min(per_item), max(per_item)), "raters": len(first_left)}
+
+
 def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: list[str] | None = None) -> Path:
     """Write a study into `out` (a new or empty folder) and return it (see the module docstring)."""
     results, out = Path(results), Path(out)
     if raters < 1:
         raise StudyError(f"raters={raters}: need at least one rater")
+    if methods is not None and (len(set(methods)) != len(methods) or len(methods) < 2):
+        raise StudyError(f"methods={','.join(methods)}: name at least two methods, each once")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StudyError(f"{out}: exists and is not an empty folder (a study's answers are never overwritten)")
     df = read_results(results)
@@ -155,7 +219,8 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
         else:
             warnings.append(f"{method} / {subject} / {prompt!r}: no ok trial has renders on disk ({ids})")
 
-    # 2. pairs x questions; 3. media under opaque names
+    # 2. pairs x questions; 3. media under opaque names (a folder this call made goes if it fails)
+    made_out = not out.exists()
     (out / "media").mkdir(parents=True, exist_ok=True)
     names: dict[Path, str] = {}
 
@@ -189,7 +254,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
                     "photos": [opaque(p) for p in photos] if question == "subject_fidelity" else [],
                 })
     if not items:
-        shutil.rmtree(out / "media")
+        shutil.rmtree(out if made_out else out / "media")
         raise StudyError(f"{results}: no subject x prompt has ok trials with renders from two methods "
                          f"(methods: {order}); " + "; ".join(warnings[:5]))
 
@@ -197,6 +262,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
     db_tmp = out / f".{store.DB_NAME}.tmp"
     con = store.create(db_tmp)
     tokens = []
+    sides = counterbalance(items, raters, seed)
     with con:
         con.execute("BEGIN")
         con.executemany("INSERT INTO meta VALUES (?, ?)", [("seed", str(seed)), ("results", str(results.resolve()))])
@@ -212,7 +278,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
             ids = [it["id"] for it in items]
             rng.shuffle(ids)
             con.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
-                            [(secrets.token_hex(16), r + 1, item, pos, int(rng.random() < 0.5), secrets.token_hex(16))
+                            [(secrets.token_hex(16), r + 1, item, pos, sides[r][item - 1], secrets.token_hex(16))
                              for pos, item in enumerate(ids)])
     con.close()
     os.chmod(db_tmp, 0o600)  # holds the rater tokens
@@ -220,7 +286,7 @@ def build_study(results: Path, out: Path, raters: int, seed: int = 0, methods: l
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": str(results.resolve()), "seed": seed, "raters": raters, "methods": order,
-        "questions": QUESTIONS, "trials": trials, "items": items, "warnings": sorted(set(warnings)),
+        "questions": QUESTIONS, "balance": balance(sides), "trials": trials, "items": items, "warnings": sorted(set(warnings)),
         "media": {name: str(src) for src, name in names.items()},
         "note": "Hidden mapping: never serve this file to raters. Answers live in study.sqlite.",
     }

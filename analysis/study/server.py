@@ -10,6 +10,14 @@
 
 Unknown tokens and paths get 404; no endpoint exposes answers. Exceptions are logged to stderr
 and answered with a plain 500 (never a traceback page). Tokens are shortened in the log.
+
+Load: a listen queue of 128 (the standard library's 5 reset bursts of votes), a fixed pool of
+`workers` threads with up to `queued` accepted connections waiting for one; beyond that a
+connection is answered 503 with Retry-After (its request read first, so the close is never a
+reset). A connection idle for `idle_timeout` seconds is closed; a body that has not arrived
+within `body_timeout` seconds gets 408. Cross-origin check: a POST's Origin must be `origin`
+(the public origin raters use, e.g. https://study.example.org behind a proxy), or, when none is
+configured, the origin of the Host header; "Origin: null" (sent under no-referrer) passes.
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ import os
 import re
 import stat
 import sys
+import time
 import traceback
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from . import pages, store
+from .pool import BoundedPool
 
 HEX = r"[0-9a-f]{32}"
 PAGE_RE = re.compile(rf"/r/({HEX})/?")
@@ -43,18 +53,30 @@ SECURITY_HEADERS = {
 }
 
 
-class StudyServer(ThreadingHTTPServer):
-    daemon_threads = True
+def normalise_origin(origin: str) -> str:
+    """'HTTPS://Study.Example.org:443/' -> 'https://study.example.org' (scheme://host[:port])."""
+    u = urlsplit(origin.strip())
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"origin={origin!r}: expected scheme://host[:port], e.g. https://study.example.org")
+    default = {"http": 80, "https": 443}[u.scheme]
+    port = "" if u.port in (None, default) else f":{u.port}"
+    return f"{u.scheme}://{u.hostname.lower()}{port}"
 
-    def __init__(self, address: tuple[str, int], study_dir: Path, quiet: bool = False):
+
+class StudyServer(BoundedPool, HTTPServer):
+    request_queue_size = 128  # the listen backlog: a burst of votes waits here instead of being reset
+
+    def __init__(self, address: tuple[str, int], study_dir: Path, quiet: bool = False, workers: int = 8,
+                 queued: int = 64, idle_timeout: float = 10.0, body_timeout: float = 10.0, origin: str = ""):
         self.study_dir = Path(study_dir).resolve()
         self.db = self.study_dir / store.DB_NAME
         self.media = (self.study_dir / "media").resolve()
         self.quiet = quiet
-        if not self.db.is_file():
-            raise FileNotFoundError(f"{self.db}: no study database (run `db3d study build` first)")
-        store.connect(self.db).close()  # fail early on a broken database
+        self.idle_timeout, self.body_timeout = idle_timeout, body_timeout
+        self.origin = normalise_origin(origin) if origin else ""
+        store.check(self.db)  # fail early on a broken or foreign database
         super().__init__(address, Handler)
+        self.start_pool(workers, queued)
 
 
 class BadRequest(Exception):
@@ -65,7 +87,11 @@ class Handler(BaseHTTPRequestHandler):
     server: StudyServer
     server_version = "study"
     sys_version = ""
-    timeout = 30  # seconds a slow client may hold a thread
+    # HTTP/1.0 (the default): one request per connection, so no idle keep-alive holds a worker
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # seconds an idle connection may hold a worker
+        super().setup()
 
     # ---- plumbing ---------------------------------------------------------------------------------
 
@@ -101,6 +127,12 @@ class Handler(BaseHTTPRequestHandler):
             fn()
         except BadRequest as err:
             self.send_error(400, str(err))
+        except TimeoutError:  # the body did not arrive in time
+            self.close_connection = True
+            try:
+                self.send_error(408, "The request body did not arrive in time; nothing was recorded.")
+            except OSError:
+                pass
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:
@@ -141,8 +173,7 @@ class Handler(BaseHTTPRequestHandler):
         if not m:
             return self.send_error(404)
         token = m.group(1)
-        origin = self.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != self.headers.get("Host", ""):
+        if not self._same_origin(self.headers.get("Origin")):
             return self.send_error(403, "Cross-origin form.")
         form = self._form()
         con = store.connect(self.server.db)
@@ -174,6 +205,35 @@ class Handler(BaseHTTPRequestHandler):
         else:  # unknown task, or another rater's
             raise BadRequest("Unknown item.")
 
+    def _same_origin(self, origin: str | None) -> bool:
+        if not origin or origin == "null":
+            return True
+        try:
+            got = normalise_origin(origin)
+        except ValueError:
+            return False
+        if self.server.origin:
+            return got == self.server.origin
+        return urlsplit(origin).netloc == self.headers.get("Host", "")
+
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes within the server's body_timeout (a deadline for the whole body, not per
+        read: a client trickling bytes cannot hold a worker); TimeoutError -> 408."""
+        deadline = time.monotonic() + self.server.body_timeout
+        chunks, got = [], 0
+        while got < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.connection.settimeout(left)
+            chunk = self.rfile.read1(length - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
+
     def _form(self) -> dict[str, str]:
         """The urlencoded body's item, nonce and choice (each exactly once), else BadRequest."""
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -185,7 +245,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest("Missing or invalid Content-Length.") from None
         if not 0 <= length <= MAX_BODY:
             raise BadRequest("Form too large.")
-        body = self.rfile.read(length)
+        body = self._read_body(length)
         if len(body) != length:
             raise BadRequest("Truncated form.")
         try:
@@ -243,16 +303,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def make_server(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> StudyServer:
-    """A bound server (port 0: any free port, see `server.server_address`); call serve_forever()."""
-    return StudyServer((host, int(port)), study_dir, quiet=quiet)
+def make_server(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+                **options) -> StudyServer:
+    """A bound server (port 0: any free port, see `server.server_address`); call serve_forever().
+    options: workers, queued, idle_timeout, body_timeout, origin (see StudyServer)."""
+    return StudyServer((host, int(port)), study_dir, quiet=quiet, **options)
 
 
-def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, origin: str = "") -> None:
     """Serve until interrupted; prints the base URL and the rater links first."""
-    httpd = make_server(study_dir, host, port)
+    httpd = make_server(study_dir, host, port, origin=origin)
     h, p = httpd.server_address[:2]
-    base = f"http://{h}:{p}"
+    base = httpd.origin or f"http://{h}:{p}"
     print(f"serving {Path(study_dir)} on {base}/ (Ctrl-C to stop)", flush=True)
     links = Path(study_dir) / "links.txt"
     if links.is_file():

@@ -69,6 +69,42 @@ def connect(db: Path) -> sqlite3.Connection:
     return con
 
 
+class NotAStudy(ValueError):
+    """The path holds no study database, or one that is not a study's (or is corrupt)."""
+
+
+TABLES = {"meta", "raters", "items", "tasks", "answers"}
+
+
+def check(db: Path) -> None:
+    """Raise NotAStudy unless `db` is an existing, readable study database. Never creates a file."""
+    db = Path(db)
+    if not db.is_file():
+        raise NotAStudy(f"{db.parent}: not a study folder (no {DB_NAME}; make one with `db3d study build`)")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise NotAStudy(f"{db}: unreadable study database ({err}); restore it from a backup") from None
+    if not TABLES <= names:
+        raise NotAStudy(f"{db}: not a study database (tables {sorted(names)}; expected {sorted(TABLES)})")
+
+
+def methods(db: Path) -> list[str]:
+    """The methods a study compares (read only)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = con.execute("SELECT method_1 FROM items UNION SELECT method_2 FROM items").fetchall()
+    finally:
+        con.close()
+    return sorted(r[0] for r in rows)
+
+
 def create(db: Path) -> sqlite3.Connection:
     con = connect(db)
     con.executescript(SCHEMA)

@@ -35,6 +35,7 @@ ANSWER_SCHEMA = pa.schema([
 
 def read_answers(study_dir: Path) -> pd.DataFrame:
     """Every stored answer with the hidden mapping resolved (works while the server runs)."""
+    store.check(Path(study_dir) / store.DB_NAME)  # never creates a database in a non-study folder
     con = store.connect(Path(study_dir) / store.DB_NAME)
     try:
         rows = con.execute(
@@ -114,8 +115,40 @@ def tally(answers: pd.DataFrame, ties: str = "exclude", reference: str | None = 
     return table.sort_values(["_q", "question", "method_a", "method_b"]).drop(columns="_q").reset_index(drop=True)
 
 
-def tally_markdown(table: pd.DataFrame, ties: str = "exclude") -> str:
-    """The tally as a Markdown table (percentages: items where method A won the majority vote)."""
+def position_bias(answers: pd.DataFrame) -> dict:
+    """Share of answers that chose the left side ("A"), with its Wilson 95% interval. With sides
+    counterbalanced, 50% means no side preference; far from it, raters clicked a side."""
+    n, left = len(answers), int((answers["choice"] == "A").sum()) if len(answers) else 0
+    lo, hi = wilson(left, n)
+    return {"answers": n, "left": left, "pct_left": 100 * left / n if n else math.nan,
+            "ci_low": 100 * lo, "ci_high": 100 * hi}
+
+
+def rater_agreement(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per rater: answers, share of left answers, and agreement with the others: the share of the
+    rater's items on which the other raters had a strict majority and the rater chose the same
+    method (n_compared such items). A rater clicking one side whatever is shown agrees ~50%."""
+    cols = ["rater", "answers", "pct_left", "n_compared", "pct_agree"]
+    if not len(answers):
+        return pd.DataFrame(columns=cols)
+    out = []
+    for rater, mine in answers.groupby("rater", sort=True):
+        agree = compared = 0
+        for row in mine.itertuples(index=False):
+            others = answers[(answers["item"] == row.item) & (answers["rater"] != rater)]["chosen_method"]
+            counts = others.value_counts()
+            if len(counts) == 0 or (len(counts) > 1 and counts.iloc[0] == counts.iloc[1]):
+                continue  # nobody else, or the others are split
+            compared += 1
+            agree += int(counts.index[0] == row.chosen_method)
+        out.append({"rater": rater, "answers": len(mine), "pct_left": 100 * float((mine["choice"] == "A").mean()),
+                    "n_compared": compared, "pct_agree": 100 * agree / compared if compared else math.nan})
+    return pd.DataFrame(out, columns=cols)
+
+
+def tally_markdown(table: pd.DataFrame, ties: str = "exclude", answers: pd.DataFrame | None = None) -> str:
+    """The tally as a Markdown table (percentages: items where method A won the majority vote);
+    with `answers`, also the position bias and the per-rater agreement."""
     lines = ["| question | method A | method B | items | A preferred | 95% CI (Wilson) | ties |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in table.itertuples(index=False):
@@ -127,4 +160,15 @@ def tally_markdown(table: pd.DataFrame, ties: str = "exclude") -> str:
             else "ties counted as half a win for each method")
     lines.append("")
     lines.append(f"Majority vote of the raters per item; {note}.")
+    if answers is not None:
+        bias = position_bias(answers)
+        ci = "n/a" if math.isnan(bias["ci_low"]) else f"{bias['ci_low']:.1f}-{bias['ci_high']:.1f}%"
+        pct = "n/a" if math.isnan(bias["pct_left"]) else f"{bias['pct_left']:.1f}%"
+        lines += ["", f"Position bias: {bias['left']} of {bias['answers']} answers chose the left side ({pct}, "
+                  f"95% CI {ci}; 50% = no side preference; sides are counterbalanced).", "",
+                  "| rater | answers | left | agreement with the others' majority | items compared |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in rater_agreement(answers).itertuples(index=False):
+            agree = "n/a" if math.isnan(r.pct_agree) else f"{r.pct_agree:.1f}%"
+            lines.append(f"| {r.rater} | {r.answers} | {r.pct_left:.1f}% | {agree} | {r.n_compared} |")
     return "\n".join(lines) + "\n"

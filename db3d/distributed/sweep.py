@@ -1,5 +1,8 @@
 """`db3d sweep sweep=NAME out=DIR [reuse=false] [max_concurrent=N] [trainer=ray_train] [gpu=0.25]
-[work=DIR] [artifacts=URI] [overrides...]`
+[work=DIR] [artifacts=URI] [host=ADDRESS] [overrides...]`
+
+A local Ray (no RAY_ADDRESS) listens on 127.0.0.1 only, unless host= names this machine's address
+(local_ray.py); its token file, when Ray token auth is on, is private to the user (0600).
 
 out=URI puts results and exports in object storage; artifacts=URI (default <out>/artifacts when
 out is a URI) mirrors the stage artifacts there too, under a Ray actor's locks, so nodes share
@@ -21,12 +24,13 @@ from pathlib import Path
 
 from ..config import ConfigError, compose, quote
 from .artifact_store import start_locks
+from .local_ray import LOOPBACK, host_problem, start_local_ray
 from .sink import read_results
 from .spec import SweepError, expand, load_spec
 from .storage import is_uri, join, work_dir
 
 SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
-              "cpu", "gpu", "work", "artifacts")
+              "cpu", "gpu", "work", "artifacts", "host")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -174,6 +178,8 @@ def run_sweep(argv: list[str]) -> int:
 
     # 1.-2. the sweep, its points, every trial's config checked before Ray starts
     opts, overrides = parse_args(argv)
+    if host_problem(opts.get("host", LOOPBACK)):
+        raise SweepError(host_problem(opts["host"]))
     spec = load_spec(opts["sweep"])
     for key in ("cpu", "gpu"):  # per-trial resources from the command line (fractional GPUs allowed)
         if key in opts:
@@ -206,13 +212,14 @@ def run_sweep(argv: list[str]) -> int:
     print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
           f"{', work folder ' + str(out) if uri else ''})", flush=True)
 
-    # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray
+    # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray on loopback (host= to open it)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
-            ray.init(address="local", num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None,
-                     include_dashboard=False)
+            node_ip = start_local_ray(opts.get("host", LOOPBACK),
+                                      num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None)
+            print(f"[db3d sweep] local Ray on {node_ip}", flush=True)
 
     # artifacts in an object store: the lock actor, owned by this driver for the sweep's lifetime
     locks = start_locks(sweep["artifacts"]) if reuse and sweep["artifacts"] else None
