@@ -99,8 +99,8 @@ def fit_nerf(
 ) -> NerfCheckpoint:
     """Optimise a NeRF; return its checkpoint (written under out_dir, which resumes a rerun).
 
-    on_progress(step, {loss name: value}) runs every `checkpoint_every` steps (sweeps report it to
-    Tune, whose ASHA scheduler may stop the trial early)."""
+    on_progress(step, {loss name: value}, field) runs every `checkpoint_every` steps (sweeps score
+    the field on fixed views, db3d/quality.py, and report to Tune, whose ASHA may stop the trial)."""
     out_dir = Path(out_dir)
     done = read_done(out_dir, NerfCheckpoint)
     if done is not None:
@@ -189,7 +189,7 @@ def fit_nerf(
         if step < steps and nerf.checkpoint_every and step % nerf.checkpoint_every == 0:
             _save_state(state_path, step, field, optimizer, gen)
         if on_progress is not None and nerf.checkpoint_every and step % nerf.checkpoint_every == 0:
-            on_progress(step, {k: float(v.item()) for k, v in losses.items()})
+            on_progress(step, {k: float(v.item()) for k, v in losses.items()}, field)
     bar.close()
 
     # 7. the fitted field, then the marker that says so
