@@ -127,6 +127,9 @@ def test_a_sweep_naming_an_unavailable_metric_fails(toys, tmp_path):
         resolve_metric(_spec(tmp_path, asha), plain)
     with pytest.raises(SweepError, match="only quality"):  # a row column exists only at the end
         resolve_metric(_spec(tmp_path, asha + "metric: metric.toy.psnr.all\n"), [(cfg, str(toys[0]))])
+    short = "scheduler: {asha: {grace_period: 1, max_t: 8}}\n"  # 8 reports (16 steps / 2): every trial stopped
+    with pytest.raises(SweepError, match="max_t"):
+        resolve_metric(_spec(tmp_path, short), [(cfg, str(toys[0]))])
 
 
 # --- ASHA on the signal ------------------------------------------------------------------------

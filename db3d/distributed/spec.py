@@ -201,6 +201,13 @@ def resolve_metric(spec: SweepSpec, configs: list) -> tuple[str, str]:
         if metric and spec.search_alg == "optuna" and not mode:
             raise SweepError(f"{spec.path}: metric={metric}: name its mode: min or max")
         return metric, mode or "max"
+    if spec.scheduler:  # ASHA stops a trial at max_t reports: past the last one, or its row is never written
+        max_t = int(spec.scheduler["asha"].get("max_t", 100))
+        reports = max(cfg.nerf.steps // max(1, cfg.nerf.checkpoint_every) for cfg, _ in configs) if configs else 0
+        if max_t <= reports:
+            raise SweepError(f"{spec.path}: scheduler.asha.max_t={max_t}: the last NeRF stage reports {reports} times "
+                             f"(nerf.steps / nerf.checkpoint_every) and ASHA stops every trial reaching max_t, "
+                             f"before it exports and scores; set max_t to at least {reports + 1}")
     signals = [available_signals(cfg, folder) for cfg, folder in configs]
     common = set.intersection(*(set(s) for s in signals)) if signals else set()
     if not metric:
