@@ -35,9 +35,13 @@ def check_trackers(tracking: list[str]) -> None:
 
 def trial_gif(trial, sweep: dict) -> Path | None:
     """The finished trial's turntable GIF (its exports folder in the sweep's work folder), if any."""
-    trial_id = (trial.last_result or {}).get("trial_id")
-    path = Path(sweep["out"]) / "trials" / str(trial_id) / "exports" / GIF if trial_id else None
-    return path if path is not None and path.is_file() else None
+    from .trial import trial_config
+
+    if not trial.config or "point" not in trial.config:
+        return None
+    _, trial_id = trial_config(trial.config)  # Tune's results carry Tune's own trial_id, not db3d's
+    path = Path(sweep["out"]) / "trials" / trial_id / "exports" / GIF
+    return path if path.is_file() else None
 
 
 def tracking_callbacks(tracking: list[str], sweep: dict) -> list:
