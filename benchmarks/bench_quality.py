@@ -2,13 +2,12 @@
 
 The final NeRF of dreambooth3d on a ToyWorld subject with ToyWorld's trained prior (backbone=toy,
 preset=toy: 32 px, 32 samples a ray, 2 SDS views + 1 reconstruction view a step; the true object's
-renders stand in for the pseudo views, which costs the same), fitted with and without the probe
-in alternating rounds; the probe renders `views` fixed views at `resolution` px every
-`checkpoint_every` steps and scores them against the true object (PSNR).
+renders stand in for the pseudo views, which costs the same): its time a step without the probe,
+and the probe's time a call (`views` fixed views at `resolution` px, scored against the true
+object), measured in one process. The overhead is one call per `checkpoint_every` steps:
+probe call / (checkpoint_every x step), printed for --every, 50 (toyworld_weights) and 100 (preset toy).
 
-    python benchmarks/bench_quality.py [--steps 200] [--every 50] [--rounds 2] [--views 4] [--device cpu]
-
-Prints the wall time of each fit, the probe's own time, and the overhead in % of the unprobed fit.
+    python benchmarks/bench_quality.py [--steps 20] [--rounds 3] [--calls 10] [--views 4] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,9 +31,10 @@ from db3d.toyworld.subjects import ground_truth, make_subjects
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--every", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -56,32 +56,40 @@ def main() -> None:
         recon = ReconTerm(views, cams, weight=cfg.method.lambda_recon, views_per_step=cfg.method.recon_views_per_step)
         settings = ProbeSettings(views=args.views, resolution=args.resolution)
 
-        def fit(name: str, probe) -> float:
+        def sync() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
-            fit_nerf(Path(tmp) / name, "k", cfg.nerf, res, args.steps, 0, device, sds=sds, recon=recon,
-                     on_progress=probe)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
 
-        # 2. alternating rounds (a warm-up fit first), each fit in a fresh folder
-        fit("warmup", None)
-        plain, probed, probe_s = [], [], []
+        # 2. the fit's time a step (no probe), over --steps steps after a warm-up fit
+        fit_nerf(Path(tmp) / "warmup", "k", cfg.nerf, res, 2, 0, device, sds=sds, recon=recon)
+        per_step = []
         for r in range(args.rounds):
-            plain.append(fit(f"plain{r}", None))
-            probe = QualityProbe(cfg, subject, "a sks toy", settings)
-            probed.append(fit(f"probed{r}", probe))
-            probe_s.append(probe.seconds)
-        n_calls = args.steps // args.every
-        p, q, ps = statistics.median(plain), statistics.median(probed), statistics.median(probe_s)
-        print(f"device {device}, {args.steps} steps, probe every {args.every} steps ({n_calls} calls, "
-              f"{args.views} views at {args.resolution} px, {cfg.nerf.n_samples} samples)")
-        print(f"fit without probe: {p:.2f} s (rounds {', '.join(f'{x:.2f}' for x in plain)})")
-        print(f"fit with probe:    {q:.2f} s (rounds {', '.join(f'{x:.2f}' for x in probed)})")
-        print(f"probe's own time:  {ps:.3f} s ({ps / n_calls * 1000:.1f} ms a call, the first renders the truth)")
-        print(f"overhead: {100 * ps / p:.2f}% of the fit (probe time), {100 * (q - p) / p:+.2f}% (wall difference)")
+            sync()
+            start = time.perf_counter()
+            ckpt = fit_nerf(Path(tmp) / f"plain{r}", "k", cfg.nerf, res, args.steps, 0, device, sds=sds, recon=recon)
+            sync()
+            per_step.append((time.perf_counter() - start) / args.steps)
+        # 3. the probe's time a call on that field (the first call also renders the truth once)
+        from db3d.export import load_field
+
+        field = load_field(ckpt.field_file, device)
+        probe = QualityProbe(cfg, subject, "a sks toy", settings)
+        probe(0, {"sds": 1.0, "recon": 1.0}, field)
+        first = probe.seconds
+        calls = []
+        for i in range(args.calls):
+            before = probe.seconds
+            probe(i, {"sds": 1.0, "recon": 1.0}, field)
+            calls.append(probe.seconds - before)
+        step_s, call_s = statistics.median(per_step), statistics.median(calls)
+        print(f"device {device}; final NeRF of dreambooth3d at {res} px, {cfg.nerf.n_samples} samples, "
+              f"{cfg.nerf.batch_views} SDS views + {cfg.method.recon_views_per_step} recon view a step")
+        print(f"fit: {1000 * step_s:.1f} ms a step (median of {args.rounds} fits of {args.steps} steps: "
+              f"{', '.join(f'{1000 * x:.1f}' for x in per_step)})")
+        print(f"probe: {1000 * call_s:.1f} ms a call (median of {args.calls}; {args.views} views at "
+              f"{args.resolution} px; first call {1000 * first:.1f} ms with the truth's renders)")
+        for every in sorted({args.every, 50, 100}):
+            print(f"overhead at checkpoint_every={every}: {100 * call_s / (every * step_s):.2f}% of the stage")
 
 
 if __name__ == "__main__":
