@@ -128,10 +128,23 @@ def gallery_html(ok: pd.DataFrame, out_dir: Path, bases: list[Path], axes: list[
     return '<div class="gallery">' + "\n".join(cards) + "</div>"
 
 
+def figure_html(caption: str, src: str) -> str:
+    return (f'<figure><img class="plot" src="{esc(src)}" alt="{esc(caption)}"><figcaption>{esc(caption)}'
+            "</figcaption></figure>")
+
+
+def section_html(heading: str, grids: list[Grid], figures: list[tuple[str, str]], note: str = "") -> str:
+    """An h2 section: a note, tables, then figures [(caption, relative href)]."""
+    parts = [f"<h2>{esc(heading)}</h2>"] + ([f'<p class="note">{esc(note)}</p>'] if note else [])
+    return "\n".join(parts + [grid_html(g) for g in grids] + [figure_html(c, s) for c, s in figures])
+
+
 def page(*, title: str, meta: list[tuple[str, str]], warnings: list[str], notes: list[str], counts: pd.DataFrame,
          failed: pd.DataFrame, paper: list[Grid], best: list[Grid], breakdowns: list[Grid],
-         plots: list[tuple[str, str]], gallery: str, files: list[tuple[str, str]]) -> str:
-    """The whole page. plots and files: [(caption, relative href)]."""
+         plots: list[tuple[str, str]], gallery: str, files: list[tuple[str, str]],
+         method_figures: list[tuple[str, str]] = (), sections: list[str] = ()) -> str:
+    """The whole page. plots, method_figures and files: [(caption, relative href)]; sections: HTML
+    from section_html (seed robustness, cost), placed before the turntables."""
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]
     out.append("<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in meta) + "</table>")
@@ -141,6 +154,7 @@ def page(*, title: str, meta: list[tuple[str, str]], warnings: list[str], notes:
     out += ["<h2>Trials</h2>", frame_html(counts), "<h3>Failed trials</h3>", failed_html(failed)]
     out.append("<h2>Results per method</h2>")
     out += [grid_html(g) for g in paper] or ['<p class="note">No metric columns yet.</p>']
+    out += [figure_html(c, src) for c, src in method_figures]
     out.append("<h2>Best configurations</h2>")
     out += [grid_html(g) for g in best] or ['<p class="note">No swept metric to rank.</p>']
     out.append("<h2>Breakdowns</h2>")
@@ -150,8 +164,9 @@ def page(*, title: str, meta: list[tuple[str, str]], warnings: list[str], notes:
         out += [f'<figure><img class="plot" src="{esc(src)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption>'
                 "</figure>" for cap, src in plots]
     else:
-        out.append('<p class="note">No plots: no numeric config column takes more than one value in the ok '
+        out.append('<p class="note">No plots against swept settings: no numeric config column takes more than one value in the ok '
                    "trials, or there are no metrics yet.</p>")
+    out += list(sections)
     out += ["<h2>Turntables</h2>", gallery, "<h2>Files</h2>",
             "<ul>" + "".join(f'<li><a href="{esc(h)}">{esc(c)}</a></li>' for c, h in files) + "</ul>",
             "</body></html>"]

@@ -20,14 +20,21 @@ import pyarrow.parquet as pq
 
 PARTITIONS = pa.schema([("method", pa.string()), ("subject", pa.string())])
 
-LOWER_IS_BETTER = frozenset({"janus", "clip_rank"})
+LOWER_IS_BETTER = frozenset({"janus", "clip_rank", "toy.janus", "toy.retrieval_rank"})
 """Metrics where smaller is better; every other metric is higher-is-better."""
+
+NOT_METRICS = frozenset({"toy.retrieval_candidates"})
+"""`metric.*` columns that are counts, not scores (how many candidates a rank was taken among)."""
+
+NAMESPACES = frozenset({"toy"})
+"""metric.<namespace>.<name>[.<subset>]: ToyWorld's ground-truth scores (metric.toy.psnr.all)."""
 
 PAPER_METRICS = ("r_precision", "dino", "clip_i", "clip_t")
 """The paper's table: CLIP R-precision (DreamFusion) and DreamBooth's DINO / CLIP-I / CLIP-T."""
 
 METRIC_LABELS = {"r_precision": "R-precision", "clip_rank": "CLIP rank", "clip_i": "CLIP-I", "clip_t": "CLIP-T",
-                 "dino": "DINO", "janus": "Janus"}
+                 "dino": "DINO", "janus": "Janus", "toy.psnr": "toy PSNR (dB)", "toy.ssim": "toy SSIM",
+                 "toy.janus": "toy Janus", "toy.retrieval_rank": "toy retrieval rank"}
 
 NOT_AXES = frozenset({
     "config.subject", "config.data_root", "config.class_noun", "config.prompt", "config.out", "config.cache_dir",
@@ -56,8 +63,11 @@ class MetricColumn:
 
 
 def parse_metric_column(column: str) -> MetricColumn:
-    """Split a metric column; a model name may itself contain dots (the render is the last part)."""
+    """Split a metric column; a model name may itself contain dots (the render is the last part).
+    ToyWorld's metric.toy.<name>[.<subset>] has no model: metric toy.<name>, render the subset."""
     parts = column.removeprefix("metric.").split(".")
+    if parts[0] in NAMESPACES and len(parts) >= 2:
+        return MetricColumn(column, f"{parts[0]}.{parts[1]}", "", ".".join(parts[2:]))
     if len(parts) >= 3:
         return MetricColumn(column, parts[0], ".".join(parts[1:-1]), parts[-1])
     return MetricColumn(column, parts[0], parts[1] if len(parts) == 2 else "", "")
@@ -137,14 +147,35 @@ def failed_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """`metric.*` columns, in a stable order: the paper's metrics first, then by name."""
-    cols = [c for c in df.columns if isinstance(c, str) and c.startswith("metric.")]
-    order = {m: i for i, m in enumerate(PAPER_METRICS + ("clip_rank", "janus"))}
+    cols = [c for c in df.columns if isinstance(c, str) and c.startswith("metric.")
+            and parse_metric_column(c).metric not in NOT_METRICS]
+    order = {m: i for i, m in enumerate(("toy.psnr", "toy.ssim") + PAPER_METRICS + ("clip_rank", "janus"))}
 
     def key(c: str):
         m = parse_metric_column(c)
         return order.get(m.metric, len(order)), m.metric, m.model, m.render != "color", m.render
 
     return sorted(cols, key=key)
+
+
+MAIN_RENDERS = ("color", "all", "")
+"""The views a main metric reads: colour renders (CLIP / DINO), every view (ToyWorld), or the metric's only one."""
+
+
+def main_metrics(df: pd.DataFrame, limit: int = 6) -> list[str]:
+    """The headline metric columns with values, ToyWorld's first, colour / all-view ones only."""
+    cols = [c for c in metric_columns(df) if parse_metric_column(c).render in MAIN_RENDERS and df[c].notna().any()]
+    return cols[:limit]
+
+
+def main_metric(df: pd.DataFrame) -> str | None:
+    """The one quality metric a report leads with: ToyWorld PSNR, else CLIP R-precision (colour), else the first."""
+    cols = [c for c in metric_columns(df) if df[c].notna().any()]
+    for want in ("metric.toy.psnr.all",):
+        if want in cols:
+            return want
+    rp = [c for c in cols if c.startswith("metric.r_precision.") and c.endswith(".color")]
+    return rp[0] if rp else (cols[0] if cols else None)
 
 
 def swept_axes(ok: pd.DataFrame) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from .load import METRIC_LABELS, metric_columns, ok_rows, parse_metric_column
+from .load import LOWER_IS_BETTER, METRIC_LABELS, metric_columns, ok_rows, parse_metric_column
 from .stats import N_BOOT, SEED, axis_levels, bootstrap_ci
 
 PANEL_W, PANEL_H = 400, 300
@@ -135,7 +135,7 @@ def plot_axis_metric(df: pd.DataFrame, axis: str, metric: str, path: Path,
     legend_h = 28
     img = Image.new("RGB", (PANEL_W * ncol, 34 + PANEL_H * nrow + legend_h), "white")
     draw = ImageDraw.Draw(img)
-    lower = metric in ("janus", "clip_rank")
+    lower = metric in LOWER_IS_BETTER
     title = f"{METRIC_LABELS.get(metric, metric)} vs {axis.removeprefix('config.')}" + \
         ("  (lower is better)" if lower else "")
     draw.text((img.width // 2, 8), title, fill="black", font=_font(15), anchor="mt")

@@ -142,8 +142,8 @@ def fit_nerf(
 ) -> NerfCheckpoint:
     """Optimise a NeRF; return its checkpoint (written under out_dir, which resumes a rerun).
 
-    on_progress(step, {loss name: value}) runs every `checkpoint_every` steps (sweeps report it to
-    Tune, whose ASHA scheduler may stop the trial early)."""
+    on_progress(step, {loss name: value}, field) runs every `checkpoint_every` steps (sweeps score
+    the field on fixed views, db3d/quality.py, and report to Tune, whose ASHA may stop the trial)."""
     out_dir = Path(out_dir)
     done = read_done(out_dir, NerfCheckpoint)
     if done is not None:
@@ -246,7 +246,7 @@ def fit_nerf(
         if step < steps and checkpoint:
             _save_state(state_path, step, field, optimizer, gen, log)
         if on_progress is not None and checkpoint:
-            on_progress(step, {k: float(v.item()) for k, v in losses.items()})
+            on_progress(step, {k: float(v.item()) for k, v in losses.items()}, field)
     bar.close()
 
     # 7. the fitted field and its log, then the marker that says so

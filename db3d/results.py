@@ -1,4 +1,4 @@
-"""Result rows: one flat record per run (config as columns, identity, status, timings, URIs).
+"""Result rows: one flat record per run (config as columns, identity, status, timings, costs, URIs).
 
 The same row shape serves `db3d run`'s one-row summary and every sweep trial, so pandas, pyarrow
 and DuckDB read them all alike. Files are written atomically: a temp name starting with '.' (which
@@ -16,6 +16,84 @@ import pyarrow.parquet as pq
 
 from .artifacts import RunResult
 from .config import RunConfig, to_flat_dict
+
+MB = 2.0 ** 20
+
+
+def _rss_peak_mb() -> tuple[float, bool]:
+    """(peak resident set of this process in MiB, whether it can be reset per stage).
+
+    Linux: VmHWM, which writing 5 to /proc/self/clear_refs resets to the current RSS; elsewhere
+    getrusage's ru_maxrss, the peak since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024 / MB, True
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return float(peak) / (MB if sys.platform == "darwin" else 1024.0), False
+
+
+def _reset_peaks() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then spans the process so far
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+class StageMeter(dict):
+    """stage -> wall seconds, as run_method fills its `seconds` (a stage's time is written when the
+    stage ends), recording as it goes each stage's peak memory since the previous stage ended:
+    peak RSS of the process on the CPU (what it held before the stage included) and, once CUDA is
+    in use, torch.cuda.max_memory_allocated. Writes go through to `target` too (a caller's dict
+    that keeps the times of a run that stops part way)."""
+
+    def __init__(self, target: dict):
+        super().__init__(target)
+        self.target = target
+        self.rss_mb: dict[str, float] = {}
+        self.cuda_mb: dict[str, float] = {}
+        _reset_peaks()
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        import torch
+
+        super().__setitem__(stage, seconds)
+        self.target[stage] = seconds
+        rss, _ = _rss_peak_mb()
+        self.rss_mb[stage] = max(self.rss_mb.get(stage, 0.0), rss)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.cuda_mb[stage] = max(self.cuda_mb.get(stage, 0.0), torch.cuda.max_memory_allocated() / MB)
+        _reset_peaks()
+
+    def columns(self) -> dict[str, float]:
+        """peak_rss_mb.<stage> (and peak_cuda_mb.<stage>) with .total, the largest."""
+        out = {}
+        for name, peaks in (("peak_rss_mb", self.rss_mb), ("peak_cuda_mb", self.cuda_mb)):
+            out.update({f"{name}.{k}": float(v) for k, v in peaks.items()})
+            if peaks:
+                out[f"{name}.total"] = float(max(peaks.values()))
+        return out
+
+
+def cost_totals(row: dict) -> dict[str, float]:
+    """gpu_seconds.total and cpu_seconds.total: the sums over a row's stages."""
+    out = {}
+    for name in ("gpu_seconds", "cpu_seconds"):
+        parts = [float(v) for k, v in row.items() if k.startswith(name + ".") and k != f"{name}.total"]
+        if parts:
+            out[f"{name}.total"] = float(sum(parts))
+    return out
 
 
 def git_revision() -> str:
@@ -52,9 +130,14 @@ def result_row(cfg: RunConfig, subject: str, class_noun: str, prompt: str, resul
 
 def write_rows(rows: list[dict], path: Path) -> Path:
     """Write rows as one Parquet file, atomically."""
+    return write_table_atomic(pa.Table.from_pylist(rows), path)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a table as one Parquet file: a temp name starting with '.', then a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path

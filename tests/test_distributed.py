@@ -360,6 +360,7 @@ def test_stages_are_shared_through_the_bucket_without_a_shared_file_system(tmp_p
 
 
 def test_asha_stops_trials_whose_nerf_loss_lags(tmp_path):
+    """ASHA on the weighted total loss, named explicitly (the default is a quality signal: test_quality.py)."""
     spec = tmp_path / "asha.yaml"
     spec.write_text("""name: asha
 overrides: [preset=smoke, metrics.enabled=false, nerf.steps=8, nerf.checkpoint_every=2]
@@ -368,6 +369,7 @@ prompts: ["a {0} {1}"]
 grid:
   method: [dreambooth3d]
   method.lambda_sds: [0.01, 5.0, 10.0, 20.0]
+metric: nerf_loss
 scheduler:
   asha: {grace_period: 1, max_t: 100, reduction_factor: 2}
 resources: {cpu: 1, gpu: 0}

@@ -154,7 +154,7 @@ def test_reconstruction_term_is_a_per_image_sum_like_sds(tmp_path):
         target = torch.zeros(2, 3, side, side)  # black views: the initial field renders far from them
         recon = ReconTerm(target, orbit_cameras(2, 15.0, 1.75, 50.0, side), weight=0.5, p=1)
         fit_nerf(tmp_path / f"r{side}", "k", cfg.nerf, side, 1, 0, torch.device("cpu"), recon=recon,
-                 on_progress=lambda step, losses, side=side: first.setdefault(side, losses["recon"]))
+                 on_progress=lambda step, losses, field, side=side: first.setdefault(side, losses["recon"]))
     assert 3.0 < first[16] / first[8] < 5.0, first  # 4x the pixels, ~4x the loss
     assert first[8] > 0.5 * 8 * 8 * 3 * 0.2, first  # a sum over 192 elements, each error >= ~0.2
 

@@ -7,6 +7,12 @@
     grid: {method: [dreambooth3d, dreambooth_fusion], method.lambda_recon: [0.5, 1.0]}
     search: {method.lambda_recon: {loguniform: [0.1, 10]}}   # sampled num_samples times per point
     num_samples: 1
+    search_seed: 0                       # the random search's draws
+    metric: quality.toy.psnr             # what ASHA / Optuna optimise (default: a quality signal)
+    mode: max                            # default: the signal's direction
+    scheduler: {asha: {grace_period: 1, max_t: 100, reduction_factor: 2}}
+    quality: {views: 4, resolution: 32}  # the quality probe (db3d/quality.py)
+    tracking: [tensorboard, mlflow, wandb]   # Ray Tune logger callbacks; default none
     resources: {cpu: 1, gpu: 0}          # per trial (fractional GPUs allowed)
     max_concurrent: 2
 
@@ -28,6 +34,7 @@ from ..synthetic import SYNTHETIC_CLASS_NOUN, make_synthetic_subject
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 SEARCH_KINDS = ("uniform", "loguniform", "choice", "randint")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class SweepError(ValueError):
@@ -43,16 +50,28 @@ class SweepSpec:
     grid: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     num_samples: int = 1
+    search_seed: int = 0
+    """Seed of the random search's draws: two runs of a sweep (with and without a scheduler) try
+    the same settings."""
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int = 0
     search_alg: str = "random"
     """random (Tune's BasicVariantGenerator) or optuna (one OptunaSearch per grid cell)."""
     metric: str = ""
-    """The row column a searcher optimises, e.g. metric.r_precision.ViT-B-32.color."""
-    mode: str = "max"
+    """What ASHA and Optuna optimise. With a scheduler: a quality signal of the last NeRF stage
+    (db3d/quality.py: quality.toy.psnr, quality.clip_t.<model>, ..., quality.loss.<term>); empty: the
+    first available of quality.toy.psnr and quality.clip_t.<first CLIP model>, never the weighted
+    total loss. Optuna alone may also name a row column (metric.*, seconds.*)."""
+    mode: str = ""
+    """max or min; empty: the quality signal's own direction."""
     scheduler: dict = field(default_factory=dict)
-    """{asha: {grace_period: 1, max_t: 100, reduction_factor: 2}}: ASHA early stopping on `nerf_loss`
-    (the last NeRF stage's total loss, reported every nerf.checkpoint_every steps; lower is better)."""
+    """{asha: {grace_period: 1, max_t: 100, reduction_factor: 2}}: ASHA early stopping on `metric`,
+    reported every nerf.checkpoint_every steps of the last NeRF stage (training_iteration counts reports)."""
+    quality: dict = field(default_factory=dict)
+    """The probe's settings (quality.ProbeSettings): {views: 4, resolution: 32, n_samples: 0}."""
+    tracking: list = field(default_factory=list)
+    """Ray Tune logger callbacks: any of tensorboard, mlflow (a local file store under OUT/mlruns),
+    wandb (offline, under OUT/wandb); empty (default): none."""
     path: str = ""
 
 
@@ -86,8 +105,18 @@ def load_spec(name_or_path: str) -> SweepSpec:
             raise SweepError(f"{path}: search.{key}={space!r}: must be one of {{{' | '.join(SEARCH_KINDS)}: ...}}")
     if spec.search_alg not in ("random", "optuna"):
         raise SweepError(f"{path}: search_alg={spec.search_alg!r}: must be random or optuna")
-    if spec.search_alg == "optuna" and (not spec.metric or not spec.search or spec.mode not in ("min", "max")):
+    if spec.search_alg == "optuna" and (not spec.metric or not spec.search):
         raise SweepError(f"{path}: search_alg=optuna needs metric:, mode: min|max and a search: space")
+    if spec.mode not in ("", "min", "max"):
+        raise SweepError(f"{path}: mode={spec.mode!r}: must be min or max")
+    bad = set(spec.quality) - {"views", "resolution", "n_samples"}
+    if bad:
+        raise SweepError(f"{path}: quality: unknown keys {sorted(bad)}; allowed: views, resolution, n_samples")
+    if isinstance(spec.tracking, str):
+        spec.tracking = [spec.tracking]
+    bad = set(spec.tracking) - set(TRACKERS)
+    if bad:
+        raise SweepError(f"{path}: tracking: unknown {sorted(bad)}; allowed: {', '.join(TRACKERS)}")
     if spec.scheduler and set(spec.scheduler) != {"asha"}:
         raise SweepError(f"{path}: scheduler={spec.scheduler!r}: only {{asha: {{...}}}} is supported")
     for key, values in spec.grid.items():
@@ -158,3 +187,47 @@ def expand(spec: SweepSpec, out: Path, identifier: str = "sks", data_root: str |
 def search_overrides(sample: dict) -> list[str]:
     """Hydra overrides from one drawn search sample {key: value}."""
     return [f"{k}={v}" for k, v in sorted(sample.items())]
+
+
+def resolve_metric(spec: SweepSpec, configs: list) -> tuple[str, str]:
+    """(metric, mode) that ASHA and Optuna use, checked against what every trial can compute.
+
+    configs: [(RunConfig, subject folder)] of every point. Raises SweepError (before Ray starts)
+    when a scheduler or a quality.* metric cannot be computed for some trial."""
+    from ..quality import available_signals
+
+    metric, mode = spec.metric, spec.mode
+    if not spec.scheduler and not metric.startswith("quality."):
+        if metric and spec.search_alg == "optuna" and not mode:
+            raise SweepError(f"{spec.path}: metric={metric}: name its mode: min or max")
+        return metric, mode or "max"
+    if spec.scheduler:  # ASHA stops a trial at max_t reports: past the last one, or its row is never written
+        max_t = int(spec.scheduler["asha"].get("max_t", 100))
+        reports = max(cfg.nerf.steps // max(1, cfg.nerf.checkpoint_every) for cfg, _ in configs) if configs else 0
+        if max_t <= reports:
+            raise SweepError(f"{spec.path}: scheduler.asha.max_t={max_t}: the last NeRF stage reports {reports} times "
+                             f"(nerf.steps / nerf.checkpoint_every) and ASHA stops every trial reaching max_t, "
+                             f"before it exports and scores; set max_t to at least {reports + 1}")
+    signals = [available_signals(cfg, folder) for cfg, folder in configs]
+    common = set.intersection(*(set(s) for s in signals)) if signals else set()
+    if not metric:
+        firsts = ["quality.toy.psnr"] + [f"quality.clip_t.{c}" for c in configs[0][0].metrics.clip_models[:1]]
+        metric = next((m for m in firsts if m in common), "")
+        if not metric:
+            raise SweepError(f"{spec.path}: the scheduler needs a quality metric and none of {firsts} can be computed "
+                             f"for every trial (no ToyWorld ground truth, no CLIP weights); name one with metric:, "
+                             f"from {sorted(common)}")
+    if metric == "nerf_loss":  # the weighted total, by explicit choice only
+        return metric, mode or "min"
+    if not metric.startswith("quality."):
+        raise SweepError(f"{spec.path}: metric={metric}: ASHA compares trials during the last NeRF stage, where "
+                         f"only quality.* signals exist (row columns such as metric.* come at the end); "
+                         f"available: {sorted(common)}")
+    if metric not in common:
+        raise SweepError(f"{spec.path}: metric={metric} cannot be computed for every trial; available to all: "
+                         f"{sorted(common)}")
+    direction = signals[0][metric]
+    if mode and mode != direction:
+        raise SweepError(f"{spec.path}: metric={metric} is {'higher' if direction == 'max' else 'lower'}-is-better; "
+                         f"mode={mode} would favour the worst trials")
+    return metric, direction

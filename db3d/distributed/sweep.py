@@ -25,12 +25,13 @@ from pathlib import Path
 from ..config import ConfigError, compose, quote
 from .artifact_store import start_locks
 from .local_ray import LOOPBACK, host_problem, start_local_ray
-from .sink import read_results
-from .spec import SweepError, expand, load_spec
+from .sink import harmonize, read_results
+from .spec import SweepError, expand, load_spec, resolve_metric
+from .tracking import check_trackers, tracking_callbacks
 from .storage import is_uri, join, work_dir
 
 SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
-              "cpu", "gpu", "work", "artifacts", "host")
+              "cpu", "gpu", "work", "artifacts", "host", "scheduler")
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -96,6 +97,28 @@ class _Progress:
               f"elapsed {elapsed:.0f}s, ETA {eta}", flush=True)
 
 
+def tune_setup(spec, sweep: dict, concurrent: int | None = None) -> tuple:
+    """(search_alg, scheduler, metric, mode) for a Tuner: Optuna and ASHA on the metric and mode the
+    sweep resolved (spec.resolve_metric: a quality signal by default, never the weighted loss)."""
+    metric, mode = sweep.get("metric") or None, sweep.get("mode") or None
+    search_alg = scheduler = None
+    if spec.search_alg == "random" and spec.search:  # seeded draws: reruns try the same settings
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=concurrent or 0)
+    if spec.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=metric, mode=mode, seed=0)
+    if spec.scheduler:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, **spec.scheduler["asha"])
+    if spec.search_alg == "optuna" or scheduler is not None:
+        return search_alg, scheduler, None, None  # the searcher and the scheduler hold metric and mode
+    return search_alg, scheduler, metric if spec.metric else None, mode if spec.metric else None
+
+
 def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: str, opts: dict, progress) -> None:
     path = storage / name
     space = _param_space(spec, points, sweep)
@@ -103,27 +126,17 @@ def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: st
         print(f"[db3d sweep] resuming the sweep found at {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, param_space=space)
     else:
-        search_alg = None
-        if spec.search_alg == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=0)
-        scheduler, metric, mode = None, None, None
-        if spec.scheduler:
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(time_attr="training_iteration", **spec.scheduler["asha"])
-            metric, mode = "nerf_loss", "min"
-        elif search_alg is None and spec.metric:
-            metric, mode = spec.metric, spec.mode
         concurrent = int(opts.get("max_concurrent", spec.max_concurrent)) or None
+        search_alg, scheduler, metric, mode = tune_setup(spec, sweep, concurrent)
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples), search_alg=search_alg,
                                         scheduler=scheduler, metric=metric, mode=mode,
-                                        max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[progress.callback],
+                                        max_concurrent_trials=concurrent if search_alg is None or
+                                        spec.search_alg == "optuna" else None),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      callbacks=[progress.callback, *tracking_callbacks(spec.tracking, sweep)],
                                       failure_config=tune.FailureConfig(max_failures=int(opts.get("max_failures", 1))),
                                       verbose=0),
         )
@@ -153,7 +166,8 @@ def _record_stopped(grid, sweep: dict) -> None:
         row = result_row(compose(overrides), point["subject_name"], point["class_noun"], point["prompt"], None,
                          status, error)
         row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
-        row.update({k: float(v) for k, v in (res.metrics or {}).items() if k in ("nerf_loss", "nerf_step")})
+        row.update({k: float(v) for k, v in (res.metrics or {}).items()
+                    if (k in ("nerf_loss", "nerf_step") or k.startswith("quality.")) and isinstance(v, (int, float))})
         write_trial_row(results, row)
 
 
@@ -181,6 +195,10 @@ def run_sweep(argv: list[str]) -> int:
     if host_problem(opts.get("host", LOOPBACK)):
         raise SweepError(host_problem(opts["host"]))
     spec = load_spec(opts["sweep"])
+    if opts.get("scheduler", "").lower() in ("none", "off", "false"):  # the same sweep without early stopping
+        spec.scheduler = {}
+    elif opts.get("scheduler"):
+        raise SweepError(f"scheduler={opts['scheduler']}: only scheduler=none (drop the sweep file's scheduler)")
     for key in ("cpu", "gpu"):  # per-trial resources from the command line (fractional GPUs allowed)
         if key in opts:
             spec.resources[key] = float(opts[key])
@@ -195,22 +213,29 @@ def run_sweep(argv: list[str]) -> int:
     from ..run import check_metric_weights
 
     overrides = overrides + _sweep_captions(points, overrides, spec, out)
+    configs = []
     for p in points:
         cfg = compose(list(p.overrides) + overrides)
         check_metric_weights(cfg)
+        configs.append((cfg, p.subject))
         if cfg.dreambooth.num_workers > 1 and opts.get("trainer", "inline") != "ray_train":
             raise SweepError(f"dreambooth.num_workers={cfg.dreambooth.num_workers}: data-parallel DreamBooth runs "
                              "as a Ray Train TorchTrainer of that many workers; add trainer=ray_train")
+    metric, mode = resolve_metric(spec, configs)  # ASHA / Optuna's metric, computable by every trial
+    check_trackers(spec.tracking)
     reuse = opts.get("reuse", "true").lower() not in ("false", "0", "no")
     sweep = {"name": spec.name, "out": str(out), "reuse": reuse, "overrides": overrides,
              "trainer": opts.get("trainer", "inline"), "resources": spec.resources,
              "max_failures": int(opts.get("max_failures", 1)),
              "results": join(uri, "results") if uri else "", "views": join(uri, "views") if uri else "",
              "publish": join(uri, "trials") if uri else "", "scheduler": bool(spec.scheduler),
+             "metric": metric, "mode": mode, "quality": dict(spec.quality),
+             "probe": bool(spec.scheduler or metric.startswith("quality.") or spec.tracking),
              "artifacts": opts.get("artifacts") or (join(uri, "artifacts") if uri else "")}
     n_trials = len(points) * max(1, spec.num_samples)
     print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
-          f"{', work folder ' + str(out) if uri else ''})", flush=True)
+          f"{', work folder ' + str(out) if uri else ''}"
+          f"{f', {metric} ({mode})' if spec.scheduler or spec.search_alg == 'optuna' else ''})", flush=True)
 
     # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray on loopback (host= to open it)
     if not ray.is_initialized():
@@ -242,6 +267,8 @@ def run_sweep(argv: list[str]) -> int:
 
     # 5. summary from the Parquet dataset (the source of truth, not Tune's own records)
     results = sweep["results"] or out / "results"
+    for dataset in (results, sweep["views"] or out / "views"):  # every part with every column (nulls elsewhere)
+        harmonize(dataset)
     df = read_results(results)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     ok, stopped, failed = (int(counts.get(k, 0)) for k in ("ok", "stopped", "failed"))

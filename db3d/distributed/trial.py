@@ -25,7 +25,8 @@ from pathlib import Path
 from ..artifacts import atomic_write_json, content_key
 from ..config import compose, quote
 from ..data import resolve_subject
-from ..results import result_row
+from ..quality import ProbeSettings, QualityProbe
+from ..results import StageMeter, cost_totals, result_row
 from ..run import save_config
 from .artifact_store import installed
 from .dreambooth_train import (REQUEST_FILE, NeedDreamBooth, dreambooth_or_request, load_request,
@@ -33,6 +34,10 @@ from .dreambooth_train import (REQUEST_FILE, NeedDreamBooth, dreambooth_or_reque
 from .sink import write_trial_row, write_view_rows
 from .spec import search_overrides
 from .storage import join, upload_dir
+
+
+NUMBER_PREFIXES = ("metric.", "seconds.", "nerf_", "quality.", "gpu_seconds.", "cpu_seconds.", "peak_")
+"""Row columns a trial reports to Tune (searchers, schedulers and trackers read them)."""
 
 
 def trial_config(config: dict) -> tuple[list[str], str]:
@@ -70,24 +75,23 @@ def _method_body(config: dict, run_dreambooth=None, seconds: dict | None = None)
     if marker:
         Path(marker).mkdir(parents=True, exist_ok=True)
         (Path(marker) / f"{trial_id}.pid").write_text(str(os.getpid()))
-    last: dict = {}  # the last NeRF stage's latest loss, for the scheduler
-
-    def report_loss(step: int, losses: dict) -> None:
-        from ray import tune
-
-        last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)
-        tune.report(dict(last))
-
-    # early stopping (ASHA) reads the last NeRF stage's loss as it falls
-    progress = report_loss if sweep.get("scheduler") else None
+    last: dict = {}  # the last NeRF stage's latest quality signal and loss, for the scheduler
+    # early stopping (ASHA) and trackers read the quality probe's signal on the last NeRF stage
+    progress = make_reporter(QualityProbe(cfg, subject.path, point["prompt"], ProbeSettings(**sweep.get("quality", {})),
+                                          _subject_images(cfg, subject)), last) if sweep.get("probe") else None
+    meter = StageMeter(seconds if seconds is not None else {})  # peak memory per stage, as each stage ends
     with installed(sweep):  # artifacts in an object store: the sweep's lock actor and sync
         result = run_method(cfg, subject, point["prompt"], out, store=store, on_progress=progress,
-                            run_dreambooth=run_dreambooth, seconds=seconds)
+                            run_dreambooth=run_dreambooth, seconds=meter)
     row = result_row(cfg, subject.name, subject.class_noun, point["prompt"], result, "ok")
     row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
     gpus = float(sweep.get("resources", {}).get("gpu", 0))  # GPUs a worker holds (fractional allowed)
     workers = {"dreambooth_train": cfg.dreambooth.num_workers}  # the data-parallel DreamBooth trainers
+    cpus = float(sweep.get("resources", {}).get("cpu", 1))  # CPUs a worker holds
     row.update({f"gpu_seconds.{k}": float(v) * gpus * workers.get(k, 1) for k, v in result.seconds.items()})
+    row.update({f"cpu_seconds.{k}": float(v) * cpus * workers.get(k, 1) for k, v in result.seconds.items()})
+    row.update(meter.columns())
+    row.update(cost_totals(row))
     views = result.metrics.get("views", [])
     if sweep.get("publish"):  # results go to a URI: upload the exports, point the row at them
         uploaded = upload_dir(out / "exports", join(sweep["publish"], trial_id, "exports"))
@@ -96,6 +100,28 @@ def _method_body(config: dict, run_dreambooth=None, seconds: dict | None = None)
     write_view_rows(sweep.get("views") or Path(sweep["out"]) / "views", row, views)
     row.update(last)  # the final report carries the scheduler's metric too
     return row
+
+
+def make_reporter(probe: QualityProbe, last: dict):
+    """on_progress for fit_nerf: score the field (quality.*), report it with the losses to Tune."""
+
+    def report(step: int, losses: dict, field) -> None:
+        from ray import tune
+
+        last.update(probe(step, losses, field))
+        last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)  # the weighted total, for the record
+        tune.report(dict(last))
+
+    return report
+
+
+def _subject_images(cfg, subject):
+    """The subject photos for the probe's CLIP-I / DINO (None when it scores without them)."""
+    if not (cfg.metrics.clip_models or cfg.metrics.dino):
+        return None
+    from ..data import load_subject_images
+
+    return load_subject_images(subject, cfg.backbone.resolution)[0]
 
 
 def _pass_files(config: dict) -> tuple[Path, Path]:
@@ -107,7 +133,7 @@ def _pass_files(config: dict) -> tuple[Path, Path]:
 
 def _numbers(row: dict) -> dict:
     return {k: float(v) for k, v in row.items()
-            if k.startswith(("metric.", "seconds.", "nerf_")) and isinstance(v, (int, float)) and v == v}
+            if k.startswith(NUMBER_PREFIXES) and isinstance(v, (int, float)) and v == v}
 
 
 def _train_loop(config: dict) -> None:
