@@ -130,11 +130,11 @@ def bench_sds(bb, label: str, meter: Meter, steps: int, warmup: int, work: Path,
     return lines
 
 
-def bench_hash_grid(device: torch.device, meter: Meter, n_points: int, reps: int) -> list[str]:
-    """3. The torch hash grid (16 levels, 2^19 rows): points/s through forward + backward."""
+def bench_hash_grid(device: torch.device, meter: Meter, n_points: int, reps: int, log2_rows: int = 19) -> list[str]:
+    """3. The torch hash grid (16 levels, 2^19 rows a level): points/s through forward + backward."""
     from db3d.nerf.encoding import HashGridEncoding
 
-    enc = HashGridEncoding(n_levels=16, log2_hashmap_size=19, implementation="torch", device=device).to(device)
+    enc = HashGridEncoding(n_levels=16, log2_hashmap_size=log2_rows, implementation="torch", device=device).to(device)
     x = torch.rand(n_points, 3, device=device)
     for i in range(reps + 1):
         if i == 1:
@@ -143,7 +143,8 @@ def bench_hash_grid(device: torch.device, meter: Meter, n_points: int, reps: int
         enc(x).square().sum().backward()
     meter.sync()
     rate = n_points * reps / (time.perf_counter() - start)
-    line = f"  hash grid (torch): {rate / 1e6:.2f} M points/s forward + backward ({n_points} points a call)"
+    line = (f"  hash grid (torch): {rate / 1e6:.2f} M points/s forward + backward ({n_points} points a call, "
+            f"16 levels x 2^{log2_rows} rows)")
     print(line, flush=True)
     return [line]
 
@@ -171,7 +172,7 @@ def bench_run(folder: Path, work: Path, fraction: float, dry: bool, device: str)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return [f"  db3d run FAILED (exit {proc.returncode}): " + " | ".join(tail)]
     seconds = json.loads((work / "run" / "summary.json").read_text())["seconds"]
-    counts = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in steps.items())
+    counts = ", ".join(f"{k.removeprefix('dreambooth.')}={v}" for k, v in steps.items())
     lines = [f"  db3d run at {fraction:g} x paper steps ({counts}): {wall:.0f} s wall", "  per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())]
     # 5. stages scale with their step counts; class images (inside dreambooth) with their count
     est = 0.0
@@ -232,7 +233,7 @@ def main() -> int:
     report = {"dreambooth (SD-1.5 UNet, 512 px)": bench_dreambooth(sd, meter, steps, warmup, work)}
     report["sds latent (SD-1.5, VAE at 512)"] = bench_sds(sd, "latent", meter, steps, warmup, work, dry)
     report["sds pixel (IF-shaped, 64 px)"] = bench_sds(pix, "pixel", meter, steps, warmup, work, dry)
-    report["hash grid"] = bench_hash_grid(device, meter, 2**12 if dry else 2**20, 1 if dry else 20)
+    report["hash grid"] = bench_hash_grid(device, meter, 2**12 if dry else 2**20, 1 if dry else 20, 12 if dry else 19)
     del sd, pix
     if device.type == "cuda":
         torch.cuda.empty_cache()

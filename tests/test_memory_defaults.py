@@ -196,3 +196,17 @@ def test_if_prompts_are_padded_to_77_tokens_as_diffusers_pipeline_does(tiny_if):
     ours = bb.encode_prompts(["a sks toy"])
     assert ours.shape == ref.shape == (1, 77, 32)
     torch.testing.assert_close(ours, ref.float())
+
+
+def test_the_half_precision_variant_loads_when_asked(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    half = {k: copy.deepcopy(getattr(tiny_sd, k)).half() for k in ("unet", "vae", "text_encoder")}
+    pipe = StableDiffusionPipeline(**half, tokenizer=tiny_sd.tokenizer, scheduler=tiny_sd.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(tmp_path / "pipe"), variant="fp16")
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    bb = build_backbone(BackboneConfig(kind="sd", model=str(tmp_path / "pipe"), variant="fp16", dtype="fp16"))
+    assert next(bb.unet.parameters()).dtype == torch.float16
+    ref = dict(half["unet"].named_parameters())
+    assert all(torch.equal(p, ref[n]) for n, p in bb.unet.named_parameters())
