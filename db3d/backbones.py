@@ -14,6 +14,7 @@ stage I, 6-channel output: noise + learned variance) look the same to the rest o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass, field, replace
@@ -29,9 +30,39 @@ from .config import BackboneConfig
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+IF_MAX_TOKENS = 77
+"""T5 prompt length of DeepFloyd IF (diffusers' IFPipeline.encode_prompt pads and truncates to 77)."""
+
+
 def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast floating-point weights (plain nn.Module.to: diffusers' override warns on every dtype)."""
     return torch.nn.Module.to(module, dtype=dtype)
+
+
+def uncompiled_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy without nn.Module.compile's compiled forward (which would call the original)."""
+    dup = copy.deepcopy(module)
+    for m in dup.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    return dup
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with `module` (no weights
+    copied): LoRA wraps the copy's layers and trains only its adapters, the frozen weights stay one."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    dup = copy.deepcopy(module, memo)
+    for m in dup.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    return dup
+
+
+def full_finetune_gib(n_params: int, optimizer: str = "adamw") -> float:
+    """GiB that full fine-tuning holds besides activations: fp32 weights + gradients (4 + 4 bytes a
+    parameter) and AdamW's two moments (8 bytes; 2 with 8-bit AdamW). The frozen copy comes on top."""
+    return n_params * (8 + (2 if optimizer == "adamw8bit" else 8)) / 2**30
 
 
 class BackboneNotFound(FileNotFoundError):
@@ -63,6 +94,10 @@ class Backbone:
     text_device: torch.device
     sample_steps: int = 50
     """DDIM steps of a full sample; img2img from t uses the proportional share."""
+    autocast_dtype: torch.dtype | None = None
+    """bf16 / fp16: the SDS UNet call and VAE encoder run under torch.autocast (None: off)."""
+    compile_unet: bool = False
+    """backbone.compile: frozen UNets (the base and every loaded checkpoint) are torch.compiled."""
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     # -- facts about the model -------------------------------------------------------------
@@ -96,10 +131,16 @@ class Backbone:
         return self.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
 
     # -- prompts ---------------------------------------------------------------------------
+    @property
+    def max_tokens(self) -> int:
+        """Prompt length L: 77 for IF's T5 (as diffusers' IFPipeline pads; its tokenizer says 512),
+        the tokenizer's own length for CLIP (77)."""
+        return IF_MAX_TOKENS if self.space == "pixel" else self.tokenizer.model_max_length
+
     def tokenize(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """input_ids, attention_mask: (B, L) padded to the tokenizer's max length."""
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        """input_ids, attention_mask: (B, L) padded to max_tokens."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
+                             truncation=True, add_special_tokens=True, return_tensors="pt")
         return tok.input_ids, tok.attention_mask
 
     def embed_tokens(self, input_ids: Tensor, attention_mask: Tensor, text_encoder=None) -> Tensor:
@@ -124,6 +165,12 @@ class Backbone:
         """Keep the text encoder on the CPU from now on (prompts already embedded stay cached)."""
         self.text_encoder.to("cpu")
         self.text_device = torch.device("cpu")
+
+    def autocast(self):
+        """torch.autocast in autocast_dtype on the backbone's device, or a no-op context when off."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     # -- image space <-> model space -------------------------------------------------------
     def latent_distribution(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,11 +242,14 @@ class Backbone:
         return self._denoise(x, cond, uncond, t_start, guidance_scale, n_steps, unet)
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, uncond: Tensor, guidance_scale: float, generator: torch.Generator,
-               n_steps: int, unet=None) -> Tensor:
-        """Text-to-image from pure noise at the last timestep -> [0,1] images (B,3,R,R)."""
+    def sample(self, cond: Tensor, uncond: Tensor, guidance_scale: float, generator: torch.Generator | None,
+               n_steps: int, unet=None, noise: Tensor | None = None) -> Tensor:
+        """Text-to-image from pure noise at the last timestep -> [0,1] images (B,3,R,R).
+
+        noise: the initial x_T (B,C,r,r) when given (e.g. drawn per image), else drawn from generator.
+        """
         shape = (cond.shape[0], self.model_channels, self.model_resolution, self.model_resolution)
-        x = torch.randn(shape, generator=generator).to(self.device)
+        x = (noise if noise is not None else torch.randn(shape, generator=generator)).to(self.device)
         return self._denoise(x, cond, uncond, self.num_train_timesteps - 1, guidance_scale, n_steps, unet)
 
     def _denoise(self, x: Tensor, cond: Tensor, uncond: Tensor, t_start: int, guidance_scale: float,
@@ -225,9 +275,15 @@ class Backbone:
             return replace(self, unet=unet, _prompt_cache=self._prompt_cache)
         return replace(self, unet=unet, text_encoder=text_encoder, _prompt_cache={})
 
-    def trainable_unet(self) -> torch.nn.Module:
-        """A float32 copy of the UNet for fine-tuning (the frozen one is never modified)."""
-        return cast(copy.deepcopy(self.unet).to(device=self.device), torch.float32).train()
+    def trainable_unet(self, share_frozen: bool = False) -> torch.nn.Module:
+        """A float32 copy of the UNet for fine-tuning (the frozen one is never modified; not compiled).
+
+        share_frozen (LoRA): on an fp32 backbone the copy shares the frozen weights instead of copying
+        them (LoRA trains its adapters only), which saves a whole UNet of memory (17 GB for IF-I-XL).
+        """
+        if share_frozen and self.dtype == torch.float32:
+            return shared_copy(self.unet).train()
+        return cast(uncompiled_copy(self.unet).to(device=self.device), torch.float32).train()
 
     def save_pretrained(self, path: Path) -> None:
         """Write a diffusers pipeline folder that `backbone=sd|if backbone.model=path` loads."""
@@ -271,24 +327,33 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     else:
         raise ValueError(f"backbone.kind={cfg.kind!r}: must be tiny-sd, tiny-if, toy, sd or if")
 
-    # frozen weights: eval mode, no gradients, requested dtype and memory format
-    for name in ("unet", "vae", "text_encoder"):
+    # 1. frozen weights: eval mode, no gradients, requested dtype; the text encoder first, and kept on
+    #    the CPU when offloaded, so it never sits on the GPU beside the UNet (T5-XXL: 19 GB in fp32)
+    text_device = torch.device("cpu") if cfg.offload_text_encoder else device
+    for name in ("text_encoder", "unet", "vae"):
         module = parts.get(name)
         if module is not None:
-            module.requires_grad_(False).eval().to(device=device)
+            module.requires_grad_(False).eval()
             if next(module.parameters()).dtype != dtype:
-                cast(module, dtype)
+                cast(module, dtype)  # before the move: a half-precision model moves half the bytes
+            module.to(device=text_device if name == "text_encoder" else device)
+    # 2. speed options (all opt-in)
     if cfg.channels_last:
-        parts["unet"].to(memory_format=torch.channels_last)
+        for name in ("unet", "vae"):
+            if parts.get(name) is not None:
+                parts[name].to(memory_format=torch.channels_last)
     if not cfg.sdpa:
         parts["unet"].set_default_attn_processor()
-    bb = Backbone(kind=cfg.kind, key=key, unet=parts["unet"], text_encoder=parts["text_encoder"],
-                  tokenizer=parts["tokenizer"], vae=parts["vae"], scheduler=parts["scheduler"],
-                  resolution=cfg.resolution, device=device, dtype=dtype, text_device=device,
-                  sample_steps=cfg.sample_steps)
-    if cfg.offload_text_encoder:
-        bb.offload_text_encoder()
-    return bb
+    if cfg.tf32:  # process-wide switches; they only affect CUDA matmuls and cuDNN convolutions
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.compile:
+        parts["unet"].compile()  # in place: the module keeps its type, config and parameters
+    return Backbone(kind=cfg.kind, key=key, unet=parts["unet"], text_encoder=parts["text_encoder"],
+                    tokenizer=parts["tokenizer"], vae=parts["vae"], scheduler=parts["scheduler"],
+                    resolution=cfg.resolution, device=device, dtype=dtype, text_device=text_device,
+                    sample_steps=cfg.sample_steps, autocast_dtype=DTYPES.get(cfg.autocast),
+                    compile_unet=cfg.compile)
 
 
 def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> dict:

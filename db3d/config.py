@@ -21,6 +21,8 @@ BackboneKind = Literal["tiny-sd", "tiny-if", "toy", "sd", "if"]
 DType = Literal["fp32", "fp16", "bf16"]
 MethodName = Literal["dreambooth3d", "dreambooth_fusion", "latent_nerf"]
 FinetuneMode = Literal["full", "lora"]
+Optimizer = Literal["adamw", "adamw8bit"]
+AutocastDType = Literal["", "bf16", "fp16"]
 EncodingBackend = Literal["torch", "tcnn"]
 FinalInit = Literal["scratch", "stage1"]
 NeRFBackground = Literal["mlp", "random_solid", "white"]
@@ -48,11 +50,21 @@ class BackboneConfig:
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda, cuda:N."""
     channels_last: bool = False
-    """Store the UNet in channels_last memory format (GPU speed option)."""
+    """Store the UNet and the VAE in channels_last memory format (GPU speed option; same numerics)."""
     sdpa: bool = True
     """Use torch's scaled_dot_product_attention processors (diffusers' default on torch 2)."""
     offload_text_encoder: bool = False
-    """Move the text encoder to the CPU once prompts are embedded (saves GPU memory)."""
+    """Keep the text encoder on the CPU: it is never moved to the GPU (it only embeds a few prompts,
+    each cached). IF sets it: T5-XXL is 19 GB in fp32."""
+    autocast: str = ""
+    """"" (off), bf16 or fp16: torch.autocast around the SDS UNet call and the VAE encoder (GPU speed
+    option; the weights keep backbone.dtype). bf16 SDS gradients match fp32 to a cosine >= 0.99 on
+    the tiny model (tests/test_gpu_options.py)."""
+    tf32: bool = False
+    """Allow TF32 matmuls and convolutions on CUDA (Ampere and later; GPU speed option)."""
+    compile: bool = False
+    """torch.compile the frozen UNet (GPU speed option; the first calls pay the compilation).
+    Trainable copies (DreamBooth) are not compiled."""
     seed: int = 0
     """Seed of the tiny backbones' random weights (ignored by sd / if)."""
     sample_steps: int = 50
@@ -71,7 +83,18 @@ class DreamBoothConfig:
     train_text_encoder: bool = False
     """Also fine-tune the text encoder (full mode only)."""
     learning_rate: float = 5e-6
-    """AdamW learning rate. DreamBooth on SD: 5e-6 (full); ~1e-4 is usual for LoRA."""
+    """AdamW learning rate of mode=full (DreamBooth on SD: 5e-6)."""
+    lora_learning_rate: float = 1e-4
+    """AdamW learning rate of mode=lora (diffusers' DreamBooth-LoRA example: 1e-4); learning_rate
+    is not used in LoRA mode."""
+    optimizer: str = "adamw"
+    """Optimizer: adamw (torch, fused) or adamw8bit (bitsandbytes' 8-bit AdamW: moments in 1 byte
+    per value instead of 4; needs `pip install bitsandbytes` and, in practice, CUDA)."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations in the backward pass (less memory, ~30% slower steps)."""
+    checkpoint_dtype: str = "fp16"
+    """DType of saved mode=full checkpoints: fp16 (half the disk: 1.7 GB for SD-1.5, 8.6 GB for
+    IF-I-XL), bf16 or fp32. Training itself stays in fp32; LoRA files are small and kept fp32."""
     batch_size: int = 1
     """Subject images per step and per worker (the prior term adds as many class images); with
     num_workers N a step averages the gradients of N x batch_size images."""
@@ -90,11 +113,15 @@ class DreamBoothConfig:
     prior_weight: float = 1.0
     """lambda of the prior-preservation term (DreamBooth paper: 1)."""
     num_class_images: int = 100
-    """Class images generated once by the base model for the prior term (DreamBooth: 200 x N)."""
+    """Class images generated once by the base model for the prior term (DreamBooth: 200 x N),
+    batch_size at a time."""
+    class_seed: int = 0
+    """Seed of the class images. Not the run seed: a seed sweep reuses the same class images."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 turns it off)."""
     resume_every: int = 50
-    """Write a resumable training state every this many steps (0: only at checkpoints)."""
+    """Write a resumable training state every this many steps (0: only at checkpoints). Only the
+    last state is kept (its size is printed; weights + AdamW moments: ~10 GB for SD-1.5 full)."""
 
 
 @dataclass
@@ -317,8 +344,11 @@ class ConfigError(ValueError):
 _CHOICES = {
     "backbone.kind": BackboneKind,
     "backbone.dtype": DType,
+    "backbone.autocast": AutocastDType,
     "nerf.background": NeRFBackground,
     "dreambooth.mode": FinetuneMode,
+    "dreambooth.optimizer": Optimizer,
+    "dreambooth.checkpoint_dtype": DType,
     "method.name": MethodName,
     "nerf.encoding": EncodingBackend,
     "method.final_init": FinalInit,
@@ -356,8 +386,9 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"nerf.max_resolution={cfg.nerf.max_resolution}: must be >= 16")
     if db.full_steps < db.partial_steps:
         problems.append(f"dreambooth.full_steps={db.full_steps}: must be >= partial_steps={db.partial_steps}")
-    if db.learning_rate <= 0:
-        problems.append(f"dreambooth.learning_rate={db.learning_rate}: must be > 0")
+    for name in ("learning_rate", "lora_learning_rate"):
+        if getattr(db, name) <= 0:
+            problems.append(f"dreambooth.{name}={getattr(db, name)}: must be > 0")
     if db.prior_weight < 0:
         problems.append(f"dreambooth.prior_weight={db.prior_weight}: must be >= 0")
     if not db.identifier.strip() or " " in db.identifier.strip():

@@ -33,12 +33,53 @@ from .progress import bar as progress_bar
 
 from . import diffusion
 from .artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
-from .backbones import Backbone, cast
+from .backbones import DTYPES, Backbone, cast, full_finetune_gib, shared_copy
 from .config import DreamBoothConfig
 from .data_parallel import average_gradients_, barrier, broadcast_, gather_objects, rank_and_world
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 STATE_FILE = "train_state.pt"
+
+
+class DreamBoothNonFinite(FloatingPointError):
+    """The DreamBooth loss became NaN or Inf: the run stops instead of saving broken weights."""
+
+
+def learning_rate_of(cfg: DreamBoothConfig) -> float:
+    """The AdamW learning rate of cfg.mode: lora_learning_rate for LoRA, learning_rate for full."""
+    return cfg.lora_learning_rate if cfg.mode == "lora" else cfg.learning_rate
+
+
+def make_optimizer(params: list, cfg: DreamBoothConfig) -> torch.optim.Optimizer:
+    """AdamW (torch's fused kernel) or bitsandbytes' 8-bit AdamW (dreambooth.optimizer)."""
+    lr = learning_rate_of(cfg)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise RuntimeError(
+                "dreambooth.optimizer=adamw8bit needs the bitsandbytes package, which is not installed: "
+                "`pip install bitsandbytes` (CUDA machines), or use dreambooth.optimizer=adamw") from err
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+    # fused AdamW: one kernel over all tensors (CPU and CUDA; ~10% of a tiny-model step on CPU)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)
+
+
+def check_full_finetune_fits(bb: Backbone, cfg: DreamBoothConfig) -> None:
+    """On CUDA, refuse mode=full when its weights, gradients and AdamW moments alone exceed the GPU,
+    saying how much it needs (e.g. IF-I-XL's 4.3B UNet: ~64 GiB + its frozen copy)."""
+    if cfg.mode != "full" or bb.device.type != "cuda":
+        return
+    n = sum(p.numel() for p in bb.unet.parameters())
+    need = full_finetune_gib(n, cfg.optimizer)
+    frozen = sum(p.numel() * p.element_size() for p in bb.unet.parameters()) / 2**30
+    total = torch.cuda.get_device_properties(bb.device).total_memory / 2**30
+    if need + frozen > total:
+        raise RuntimeError(
+            f"dreambooth.mode=full: the {n / 1e9:.2f}B-parameter UNet needs ~{need:.0f} GiB for fp32 weights, "
+            f"gradients and AdamW moments ({cfg.optimizer}) plus {frozen:.0f} GiB for the frozen copy, before "
+            f"activations; this GPU has {total:.0f} GiB. Use dreambooth.mode=lora (the default for IF), "
+            f"dreambooth.optimizer=adamw8bit, or a GPU with at least {need + frozen + 8:.0f} GiB.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +89,9 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
     """n images (n,3,R,R) in [0,1] of `class_prompt`, sampled once by the base backbone.
 
     Cached as PNGs under cache_dir/class_images/<key>/, keyed by the backbone, prompt, count,
-    seed, resolution and sampler; an interrupted generation continues where it stopped.
+    seed (the class-image seed, not the run's), resolution and sampler; an interrupted generation
+    continues where it stopped. Sampled `batch_size` images per UNet call, each from its own
+    initial noise, so an image does not depend on the batching (up to float rounding).
     """
     key = content_key("class_images", bb.key, class_prompt, n, seed, bb.resolution, bb.sample_steps, guidance_scale)
     folder = Path(cache_dir) / "class_images" / key
@@ -60,9 +103,12 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
         uncond = bb.encode_prompts([""])
         for start in progress_bar(iterable=range(0, len(missing), batch_size), desc=f"class images '{class_prompt}'"):
             idx = missing[start:start + batch_size]
-            # one generator per image: the same image whatever the batching or interruption
-            imgs = [bb.sample(cond, uncond, guidance_scale, torch.Generator().manual_seed(seed * 100003 + i),
-                              bb.sample_steps)[0] for i in idx]
+            # one generator per image: the same noise whatever the batching or interruption
+            shape = (bb.model_channels, bb.model_resolution, bb.model_resolution)
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 100003 + i))
+                                 for i in idx])  # (b, C, r, r)
+            imgs = bb.sample(cond.expand(len(idx), -1, -1), uncond, guidance_scale, None, bb.sample_steps,
+                             noise=noise)  # (b, 3, R, R)
             for i, img in zip(idx, imgs):
                 arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
                 tmp = folder / f".{i:04d}.png.tmp"
@@ -90,12 +136,32 @@ def _add_lora(bb: Backbone, unet: torch.nn.Module, rank: int) -> None:
                                 target_modules=_lora_targets(bb)))
 
 
-def save_checkpoint(unet, text_encoder, mode: str, folder: Path) -> None:
-    """Full: folder/unet (+ folder/text_encoder) as diffusers folders; LoRA: diffusers LoRA file."""
+def _save_half(module, folder: Path, dtype: torch.dtype) -> None:
+    """module.save_pretrained, with the weights written in `dtype` one tensor at a time (no second
+    full-size copy of the model in memory)."""
+    if dtype == torch.float32:
+        module.save_pretrained(folder, safe_serialization=True)
+        return
+    from diffusers import ModelMixin
+    from safetensors.torch import save_file
+
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in module.state_dict().items()}
+    if isinstance(module, ModelMixin):  # diffusers' save_pretrained takes no state dict: its two files by hand
+        folder.mkdir(parents=True, exist_ok=True)
+        module.save_config(folder)
+        save_file(state, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    else:  # transformers
+        module.save_pretrained(folder, safe_serialization=True, state_dict=state)
+
+
+def save_checkpoint(unet, text_encoder, mode: str, folder: Path, dtype: str = "fp32") -> None:
+    """Full: folder/unet (+ folder/text_encoder) as diffusers folders, weights in `dtype` (fp16 halves
+    the disk); LoRA: diffusers LoRA file (small; fp32)."""
     if mode == "full":
-        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        _save_half(unet, folder / "unet", DTYPES[dtype])
         if text_encoder is not None:
-            text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+            _save_half(text_encoder, folder / "text_encoder", DTYPES[dtype])
     else:
         from diffusers import StableDiffusionPipeline
         from peft.utils import get_peft_model_state_dict
@@ -112,15 +178,21 @@ def checkpoint_folder(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / f"step-{step:06d}"
 
 
-def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = False) -> Backbone:
-    """The backbone with the checkpoint's weights (fp32 + train mode when trainable)."""
+def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = False,
+                    share_frozen: bool = True) -> Backbone:
+    """The backbone with the checkpoint's weights (fp32 + train mode when trainable).
+
+    A LoRA checkpoint's UNet shares the frozen base weights unless share_frozen is False (a full
+    fine-tuning continued from a LoRA checkpoint trains every weight, so it needs its own).
+    """
     text_encoder = None
     if ckpt.mode == "full":
         unet = type(bb.unet).from_pretrained(Path(ckpt.path) / "unet")  # UNet2DConditionModel or a subclass
         if ckpt.text_encoder:
             text_encoder = type(bb.text_encoder).from_pretrained(Path(ckpt.path) / "text_encoder")
     else:
-        unet = bb.trainable_unet() if trainable else copy.deepcopy(bb.unet)
+        # the adapters wrap a module tree that shares the frozen weights (no second UNet in memory)
+        unet = bb.trainable_unet(share_frozen=share_frozen) if trainable else shared_copy(bb.unet)
         unet.load_lora_adapter(str(ckpt.path), prefix="unet", weight_name=LORA_WEIGHTS)
     dtype = torch.float32 if trainable else bb.dtype
     for module, device in ((unet, bb.device), (text_encoder, bb.text_device)):
@@ -128,6 +200,8 @@ def load_dreambooth(bb: Backbone, ckpt: DreamBoothCheckpoint, trainable: bool = 
             module.to(device=device).train(trainable).requires_grad_(False)
             if next(module.parameters()).dtype != dtype:
                 cast(module, dtype)
+    if bb.compile_unet and not trainable:
+        unet.compile()
     return bb.with_weights(unet, text_encoder)
 
 
@@ -210,8 +284,9 @@ def train_dreambooth(
         return ckpts  # 0. already finished
 
     # 1. trainable copies (fp32) of the UNet (+ text encoder), from the init checkpoint if any
-    base = load_dreambooth(bb, init, trainable=True) if init is not None else bb
-    unet = base.unet if init is not None else bb.trainable_unet()
+    check_full_finetune_fits(bb, cfg)
+    base = load_dreambooth(bb, init, trainable=True, share_frozen=cfg.mode == "lora") if init is not None else bb
+    unet = base.unet if init is not None else bb.trainable_unet(share_frozen=cfg.mode == "lora")
     if cfg.mode == "full":
         unet.requires_grad_(True)
     elif init is None or init.mode == "full":
@@ -220,16 +295,19 @@ def train_dreambooth(
         for name, p in unet.named_parameters():
             p.requires_grad_("lora_" in name)
     unet.train()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     text_encoder = None
     if cfg.train_text_encoder:
         text_encoder = cast(copy.deepcopy(base.text_encoder).to(device=bb.device), torch.float32)
         text_encoder.requires_grad_(True).train()
+        if cfg.gradient_checkpointing:
+            text_encoder.gradient_checkpointing_enable()
     params = [p for p in unet.parameters() if p.requires_grad]
     if text_encoder is not None:
         params += list(text_encoder.parameters())
     broadcast_(params)  # N ranks: all start from rank 0's weights (LoRA's init is random)
-    # fused AdamW: one kernel over all tensors (CPU and CUDA; ~10% of a tiny-model step on CPU)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2, fused=True)
+    optimizer = make_optimizer(params, cfg)
 
     # 2. fixed inputs, computed once
     fixed = _precompute(base, images, class_imgs if use_prior else None, instance_prompt, class_prompt)
@@ -267,6 +345,11 @@ def train_dreambooth(
         inst_loss = err[: cfg.batch_size].mean()
         prior_loss = err[cfg.batch_size:].mean() if use_prior else torch.zeros((), device=bb.device)
         loss = inst_loss + cfg.prior_weight * prior_loss
+        if not torch.isfinite(loss):
+            raise DreamBoothNonFinite(
+                f"DreamBooth loss is not finite at step {step + 1}: loss={loss.item()} (instance "
+                f"{inst_loss.item()}, prior {prior_loss.item()}), mode={cfg.mode}, lr={learning_rate_of(cfg)}. "
+                "Lower the learning rate, check the images for NaNs, or use backbone.dtype=fp32.")
         # 4d. update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -285,7 +368,7 @@ def train_dreambooth(
             ckpt = DreamBoothCheckpoint(path=str(folder), step=step, mode=cfg.mode, key=content_key(key, step),
                                         backbone_key=bb.key, text_encoder=text_encoder is not None)
             if rank == 0:
-                save_checkpoint(unet, text_encoder, cfg.mode, folder)
+                save_checkpoint(unet, text_encoder, cfg.mode, folder, cfg.checkpoint_dtype)
                 mark_done(folder, ckpt)
             barrier()
             ckpts[step] = ckpt
@@ -319,7 +402,8 @@ def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch
         state["text_encoder"] = text_encoder.state_dict()
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # the one resume state of the run: each replaces the last
+    print(f"DreamBooth resume state at step {step}: {path.stat().st_size / 2**20:.1f} MiB ({path})", flush=True)
 
 
 def run_key(bb: Backbone, cfg: DreamBoothConfig, images: Tensor, instance_prompt: str, class_prompt: str,
@@ -329,8 +413,13 @@ def run_key(bb: Backbone, cfg: DreamBoothConfig, images: Tensor, instance_prompt
     `world_size` > 1 (data parallel: N x batch_size samples a step, N generators) is part of it.
     """
     digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
-    fields = {k: getattr(cfg, k) for k in ("identifier", "mode", "lora_rank", "train_text_encoder", "learning_rate",
+    fields = {k: getattr(cfg, k) for k in ("identifier", "mode", "lora_rank", "train_text_encoder",
                                             "batch_size", "prior_preservation", "prior_weight", "max_grad_norm")}
+    fields["learning_rate"] = learning_rate_of(cfg)  # of this mode (a full run's key is as before)
+    if cfg.optimizer != "adamw":
+        fields["optimizer"] = cfg.optimizer
+    if cfg.mode == "full" and cfg.checkpoint_dtype != "fp32":
+        fields["checkpoint_dtype"] = cfg.checkpoint_dtype  # its checkpoints hold other bytes
     if world_size > 1:
         fields["world_size"] = world_size
     return content_key("dreambooth", bb.key, fields, digest, instance_prompt, class_prompt, class_key, seed,

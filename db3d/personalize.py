@@ -42,10 +42,14 @@ def class_prompt(subject: Subject) -> str:
     return f"a {subject.class_noun}"
 
 
-def locked_class_images(bb: Backbone, prompt: str, n: int, seed: int, cache_dir: Path) -> torch.Tensor:
-    """class_images under a lock on the cache entry (concurrent trials generate them once)."""
+def locked_class_images(bb: Backbone, prompt: str, n: int, seed: int, cache_dir: Path,
+                        batch_size: int = 8) -> torch.Tensor:
+    """class_images under a lock on the cache entry (concurrent trials generate them once).
+
+    seed: the class-image seed (dreambooth.class_seed), never the run's; batch_size images per UNet call.
+    """
     with artifact_lock(Path(cache_dir) / "class_images" / content_key(bb.key, prompt, n, seed)):
-        return class_images(bb, prompt, n, seed, cache_dir)
+        return class_images(bb, prompt, n, seed, cache_dir, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,13 @@ class Personalized:
 
 
 def _class_key(cfg: RunConfig, bb: Backbone, subject: Subject) -> str | None:
-    """Key of the class images of the prior-preservation loss; None when the run uses none."""
+    """Key of the class images of the prior-preservation loss; None when the run uses none.
+
+    Not the run seed (cfg.seed): runs of a seed sweep share their class images (dreambooth.class_seed).
+    """
     db = cfg.dreambooth
     if db.prior_preservation and db.num_class_images > 0 and db.prior_weight > 0:
-        return content_key(bb.key, class_prompt(subject), db.num_class_images, cfg.seed, bb.sample_steps)
+        return content_key(bb.key, class_prompt(subject), db.num_class_images, db.class_seed, bb.sample_steps)
     return None
 
 
@@ -89,10 +96,11 @@ def dreambooth_run(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch
     """
     db = cfg.dreambooth
     rank, world = rank_and_world()
-    # 1. class images for the prior-preservation loss (cached by backbone, class, count, seed)
+    # 1. class images for the prior-preservation loss (cached by backbone, class, count, class seed)
     cls_imgs = None
     if _class_key(cfg, bb, subject) is not None:
-        cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, cfg.seed, default_cache_dir(cfg))
+        cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, db.class_seed,
+                                       default_cache_dir(cfg), max(1, db.batch_size))
     # 2. the run, keyed by what it reads (the other ranks follow rank 0 in at train_dreambooth's first barrier)
     folder = dreambooth_folder(cfg, bb, subject, images, artifacts, init, world)
     with artifact_lock(folder) if rank == 0 else contextlib.nullcontext():

@@ -47,10 +47,14 @@ def sample_t(n: int, t_min: float, t_max: float, num_train_timesteps: int, gener
 
 
 def to_model_space(bb: Backbone, images: Tensor) -> Tensor:
-    """Differentiable: [0,1] renders (B,3,H,W) -> model space at the backbone's resolution."""
+    """Differentiable: [0,1] renders (B,3,H,W) -> model space at the backbone's resolution.
+
+    The VAE encoder runs under backbone.autocast when set (its output is float32 either way).
+    """
     if images.shape[-1] != bb.resolution:
         images = F.interpolate(images, size=(bb.resolution, bb.resolution), mode="bilinear", align_corners=False)
-    return bb.encode_images(images)
+    with bb.autocast():
+        return bb.encode_images(images)
 
 
 def sds_loss(bb: Backbone, x: Tensor, cond: Tensor, uncond: Tensor, guidance_scale: float,
@@ -66,10 +70,11 @@ def sds_loss(bb: Backbone, x: Tensor, cond: Tensor, uncond: Tensor, guidance_sca
     t = sample_t(b, t_range[0], t_range[1], bb.num_train_timesteps, generator).to(bb.device)
     eps = torch.randn(x.shape, generator=generator).to(x.device)
     a_t = bb.alphas_cumprod[t]
-    # 2. the denoiser's guided noise estimate; no gradient through the UNet
+    # 2. the denoiser's guided noise estimate; no gradient through the UNet (under backbone.autocast)
     with torch.no_grad():
         x_t = diffusion.add_noise(x.detach().float(), eps, a_t)
-        eps_hat = bb.predict_eps(x_t, t, cond, uncond, guidance_scale, unet)
+        with bb.autocast():
+            eps_hat = bb.predict_eps(x_t, t, cond, uncond, guidance_scale, unet).float()
     # 3. grad = w(t) (eps_hat - eps)
     w = sds_weight(a_t)
     grad = w.reshape(-1, 1, 1, 1) * (eps_hat - eps)
