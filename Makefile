@@ -10,7 +10,7 @@ DEMO_OUT ?= outputs/demo
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,tracking]'
 	touch $@
 
 demo: $(VENV)/.installed
