@@ -19,23 +19,10 @@ import re
 import numpy as np
 import pandas as pd
 
+from .stats import wilson_interval
+
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 CLAUSE = re.compile(r"^\s*(\S+)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
-Z95 = 1.959963984540054
-"""The standard normal's 97.5% quantile: a two-sided 95% interval."""
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (k of n); (nan, nan) for n = 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def parse_rule(rule: str) -> list[tuple[str, str, float]]:
     """[(column, op, threshold)] of a success rule; ValueError naming a clause it cannot read."""
     clauses = []

@@ -20,6 +20,23 @@ MAX_LEVELS = 12
 N_BINS = 5
 
 
+Z95 = 1.959963984540054
+"""The standard normal's 97.5% quantile: a two-sided 95% interval."""
+
+
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (k of n); (nan, nan) for n = 0; exact ends
+    (0 for no successes, 1 for all) where the formula's float round-off would miss them."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes <= 0 else lo), (1.0 if successes >= n else hi)
+
+
 def bootstrap_ci(values, n: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean of `values` and its percentile bootstrap `level` interval.
 

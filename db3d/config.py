@@ -484,9 +484,11 @@ def compose(overrides: list[str]) -> RunConfig:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from .overrides import check_override_keys
+    from .overrides import CONFIG_GROUPS, check_override_keys
 
-    check_override_keys(list(overrides))
+    problems = check_override_keys(list(overrides), sorted([*to_flat_dict(RunConfig()), *CONFIG_GROUPS]))
+    if problems:
+        raise ConfigError(problems)
     register_configs()
     GlobalHydra.instance().clear()
     try:

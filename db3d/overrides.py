@@ -3,22 +3,14 @@ one (`nerf.stpes=10` -> "did you mean nerf.steps=10?"), where Hydra would advise
 
 from __future__ import annotations
 
-from .config import ConfigError, RunConfig, to_flat_dict
-
 CONFIG_GROUPS = ("backbone", "method", "preset")  # folders of db3d/conf: `backbone=tiny-sd` picks a file
 
 
-def config_keys() -> list[str]:
-    """Every key an override may set: the config's fields as dotted paths, and the groups."""
-    return sorted([*to_flat_dict(RunConfig()), *CONFIG_GROUPS])
-
-
-def nearest_key(key: str, keys: list[str] | None = None) -> str | None:
+def nearest_key(key: str, keys: list[str]) -> str | None:
     """The valid key a mistyped one most likely meant: the same last part under another section
     (`weights` -> `metrics.weights`), else the closest spelling (`nerf.stpes` -> `nerf.steps`)."""
     import difflib
 
-    keys = keys if keys is not None else config_keys()
     section, _, last = key.rpartition(".")
     same_last = [k for k in keys if k.rsplit(".", 1)[-1] == last]
     if len(same_last) == 1:
@@ -34,10 +26,10 @@ def nearest_key(key: str, keys: list[str] | None = None) -> str | None:
     return close[0] if close else None
 
 
-def check_override_keys(overrides: list[str]) -> None:
-    """Unknown keys, answered with the nearest valid key (before Hydra, whose advice would be to
-    append the typo with `+`). Values and Hydra's own syntax are left to Hydra."""
-    keys, problems = set(config_keys()), []
+def check_override_keys(overrides: list[str], valid: list[str]) -> list[str]:
+    """One problem per unknown key, answered with the nearest of the `valid` keys (before Hydra,
+    whose advice would be to append the typo with `+`). Values and Hydra's syntax are left to Hydra."""
+    keys, problems = set(valid), []
     sections = {k.split(".", 1)[0] for k in keys if "." in k}
     for arg in overrides:
         key, eq, value = arg.partition("=")
@@ -48,8 +40,7 @@ def check_override_keys(overrides: list[str]) -> None:
             problems.append(f"{arg}: {key} is a section; set one of its keys, e.g. "
                             f"{min(k for k in keys if k.startswith(key + '.'))}=...")
             continue
-        hint = nearest_key(key)
+        hint = nearest_key(key, sorted(keys))
         problems.append(f"{arg}: unknown key {key!r}" + (f"; did you mean {hint}={value}?" if hint else
                         " (every key is documented in db3d/config.py; `db3d run --help` lists them)"))
-    if problems:
-        raise ConfigError(problems)
+    return problems

@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..stats import wilson_interval
 from . import store
 
-Z95 = 1.959963984540054
 QUESTION_ORDER = ("subject_fidelity", "3d_consistency", "prompt_fidelity")
 ANSWER_SCHEMA = pa.schema([
     ("rater", pa.string()), ("item", pa.int64()), ("question", pa.string()), ("subject", pa.string()),
@@ -67,16 +67,9 @@ def export_answers(study_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
-def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (NaNs for n = 0)."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if successes <= 0 else lo), (1.0 if successes >= n else hi)  # exact at the ends
+def wilson(successes: float, n: float) -> tuple[float, float]:
+    """Wilson score 95% interval of a binomial proportion (analysis.stats.wilson_interval)."""
+    return wilson_interval(successes, n)
 
 
 def tally(answers: pd.DataFrame, ties: str = "exclude", reference: str | None = None) -> pd.DataFrame:
