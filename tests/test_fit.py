@@ -3,6 +3,7 @@ SDS's units and acting, the reconstruction over the pseudo views' background, th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class OracleBackbone:
     def encode_prompts(self, prompts):
         self.prompts.append(list(prompts))
         return torch.zeros(len(prompts), 1, 4)
+
+    def autocast(self):  # no mixed precision (Backbone.autocast when backbone.autocast is off)
+        return contextlib.nullcontext()
 
     def encode_images(self, images):  # [0, 1] -> [-1, 1], as the pixel backbones do
         return images * 2 - 1

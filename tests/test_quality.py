@@ -34,7 +34,7 @@ def toys(tmp_path_factory) -> list[Path]:
 
 
 def _cfg(*extra: str):
-    return compose(["preset=smoke", f"nerf.checkpoint_every={EVERY}", f"nerf.steps={STEPS}", "nerf.lambda_opacity=0",
+    return compose(["preset=smoke", f"nerf.checkpoint_every={EVERY}", f"nerf.steps={STEPS}", "nerf.lambda_opacity=0", "nerf.lambda_distortion=0",
                     "nerf.lambda_orientation=0", "method.lambda_sds=0", *extra])
 
 
