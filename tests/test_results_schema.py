@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
@@ -15,8 +17,11 @@ from db3d.results import StageMeter, cost_totals
 def test_peak_memory_is_recorded_per_stage_and_positive():
     target: dict = {}
     meter = StageMeter(target)
-    block = np.ones(300 * 2 ** 20 // 8)  # the "big" stage touches 300 MiB and frees them before it ends
-    del block
+    # the "big" stage touches 300 MiB of fresh pages (an anonymous mmap: never memory the process
+    # already holds, which a long test session's heap may have free) and frees them before it ends
+    block = mmap.mmap(-1, 300 * 2 ** 20)
+    block.write(b"\1" * (300 * 2 ** 20))
+    block.close()
     meter["big"] = 1.5
     meter["small"] = 0.5  # a stage that allocates nothing: its peak is what the process holds
     cols = meter.columns()
