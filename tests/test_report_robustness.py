@@ -20,6 +20,7 @@ from analysis.cost import cost_table, pareto_front, trial_cost  # noqa: E402
 from analysis.load import load_results, main_metric, metric_columns, parse_metric_column  # noqa: E402
 from analysis.report import main  # noqa: E402
 from analysis.robustness import parse_rule, success, success_table, wilson_interval  # noqa: E402
+from test_report import _write  # noqa: E402  (the producer's Parquet layout)
 
 RULE = "metric.toy.psnr.all >= 14 and metric.toy.janus <= 0.5"
 
@@ -104,14 +105,6 @@ def test_toy_metric_directions_and_counts():
     df = pd.DataFrame({"metric.toy.psnr.all": [1.0], "metric.toy.retrieval_candidates": [121], "status": ["ok"]})
     assert metric_columns(df) == ["metric.toy.psnr.all"]  # a constant count is no metric
     assert main_metric(df) == "metric.toy.psnr.all"
-
-
-def _write(results: Path, row: dict) -> None:
-    body = {k: v for k, v in row.items() if k not in ("method", "subject")}
-    body["subject_name"] = row["subject"]
-    path = results / f"method={row['method']}" / f"subject={row['subject']}" / f"part-{row['trial_id']}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([body]), path)
 
 
 def test_a_toyworld_report_ranks_lower_is_better_and_has_every_section(tmp_path):
