@@ -5,7 +5,7 @@ measured side by side in one process, alternating rounds:
   reference  a loop in the style of diffusers' examples/dreambooth/train_dreambooth.py: every step
              its dataset opens and transforms the image file, the VAE encodes the batch and the
              text encoder embeds the prompt (no accelerate, no DataLoader workers);
-  db3d       db3d.dreambooth.train_dreambooth: latents' distribution and embeddings computed once.
+  db3d       db3d.method.dreambooth.train_dreambooth: latents' distribution and embeddings computed once.
 GPU (when CUDA is available): a full-size SD-1.5-architecture UNet with random weights (speed
 does not depend on weight values), fp32 and bf16 autocast, batch 1 at 64x64 latents.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from db3d.backbones import build_backbone
-from db3d.config import BackboneConfig, DreamBoothConfig
-from db3d.dreambooth import train_dreambooth
+from db3d.core.config import BackboneConfig, DreamBoothConfig
+from db3d.method.dreambooth import train_dreambooth
+from db3d.models.backbones import build_backbone
 
 
 def peak_rss_mib() -> float:
@@ -74,8 +74,8 @@ def db3d_loop(bb, images, prompt: str, steps: int, warmup: int) -> float:
 
 
 def cpu_benchmark(steps: int, rounds: int, warmup: int) -> None:
-    from db3d.data import load_subject_images, resolve_subject
-    from db3d.synthetic import make_synthetic_subject
+    from db3d.core.data import load_subject_images, resolve_subject
+    from db3d.core.synthetic import make_synthetic_subject
 
     bb = build_backbone(BackboneConfig(kind="tiny-sd", resolution=64, device="cpu"))
     folder = make_synthetic_subject(Path(tempfile.mkdtemp()) / "subject", n_images=4, size=512)

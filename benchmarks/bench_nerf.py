@@ -50,9 +50,9 @@ def sync(device: torch.device) -> None:
 
 
 def sds_steps(kind: str, device: torch.device, steps: int, resolution: int = 64, n_samples: int = 32) -> None:
-    from db3d.backbones import build_backbone
-    from db3d.config import BackboneConfig, NeRFConfig
-    from db3d.fit import SDSTerm, fit_nerf
+    from db3d.core.config import BackboneConfig, NeRFConfig
+    from db3d.method.fit import SDSTerm, fit_nerf
+    from db3d.models.backbones import build_backbone
 
     bb = build_backbone(BackboneConfig(kind=kind, device=device.type)) if kind.startswith("tiny") else kind_gpu_sd(device)
     nerf = NeRFConfig(steps=steps, n_samples=n_samples, log2_hashmap_size=16, checkpoint_every=0)
@@ -80,8 +80,8 @@ def kind_gpu_sd(device: torch.device):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from db3d.backbones import Backbone
-    from db3d.tiny import tiny_clip_tokenizer
+    from db3d.models.backbones import Backbone
+    from db3d.models.tiny import tiny_clip_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).to(device).eval().requires_grad_(False)
     vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,

@@ -1,4 +1,4 @@
-"""Overhead of the quality probe (db3d/quality.py) on the final NeRF stage, printed (not a timed test).
+"""Overhead of the quality probe (db3d/method/quality.py) on the final NeRF stage, printed (not a timed test).
 
 The final NeRF of dreambooth3d on a ToyWorld subject with ToyWorld's trained prior (backbone=toy,
 preset=toy: 32 px, 32 samples a ray, 2 SDS views + 1 reconstruction view a step; the true object's
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from db3d.backbones import build_backbone
-from db3d.cameras import orbit_cameras
-from db3d.config import compose
-from db3d.fit import ReconTerm, SDSTerm, fit_nerf
-from db3d.quality import ProbeSettings, QualityProbe
+from db3d.core.cameras import orbit_cameras
+from db3d.core.config import compose
+from db3d.method.fit import ReconTerm, SDSTerm, fit_nerf
+from db3d.method.quality import ProbeSettings, QualityProbe
+from db3d.models.backbones import build_backbone
 from db3d.toyworld.render import render_object
 from db3d.toyworld.subjects import ground_truth, make_subjects
+from db3d.toyworld.truth import truth_for
 
 
 def main() -> None:
@@ -70,10 +71,10 @@ def main() -> None:
             sync()
             per_step.append((time.perf_counter() - start) / args.steps)
         # 3. the probe's time a call on that field (the first call also renders the truth once)
-        from db3d.export import load_field
+        from db3d.nerf.io import load_field
 
         field = load_field(ckpt.field_file, device)
-        probe = QualityProbe(cfg, subject, "a sks toy", settings)
+        probe = QualityProbe(cfg, truth_for(subject), "a sks toy", settings)
         probe(0, {"sds": 1.0, "recon": 1.0}, field)
         first = probe.seconds
         calls = []

@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from db3d.cameras import sample_random_cameras
+from db3d.core.cameras import sample_random_cameras
 from db3d.toyworld import enumerate_world, render_object
+from db3d.toyworld.captions import prior_words
 
 
 def main() -> None:
@@ -32,12 +33,12 @@ def main() -> None:
 
 
 def prior() -> None:
-    from db3d.backbones import build_backbone
-    from db3d.config import BackboneConfig
-    from db3d.toyworld import prior as toy_prior
+    from db3d.core.config import BackboneConfig
+    from db3d.models import toy_prior
+    from db3d.models.backbones import build_backbone
 
     # training step: the shipped recipe's model and batch, on random images (the step's cost)
-    parts = toy_prior.new_components(32)
+    parts = toy_prior.new_components(prior_words(), 32)
     unet, enc, tok = parts["unet"].train(), parts["text_encoder"].train(), parts["tokenizer"]
     params = list(unet.parameters()) + list(enc.parameters())
     opt = torch.optim.AdamW(params, lr=6e-4)

@@ -9,7 +9,7 @@ on an H200 (budget: under 8):
 
   1. DreamBooth steps/s and peak GPU memory, SD-1.5 UNet (batch 1 + 1 class image, 64x64 latents):
      full and LoRA, fp32 and bf16 autocast;
-  2. SDS NeRF steps/s and peak memory (db3d.fit.fit_nerf, 64 px renders): the latent path (SD-1.5,
+  2. SDS NeRF steps/s and peak memory (db3d.method.fit.fit_nerf, 64 px renders): the latent path (SD-1.5,
      VAE encoder at 512 px) and the pixel path (IF-shaped UNet at 64 px), fp32 vs bf16 autocast;
   3. the torch hash grid's throughput (points/s, forward + backward);
   4. `db3d run` (dreambooth3d, SD-1.5, full fine-tuning) at --fraction of the paper's steps, per stage;
@@ -37,7 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-
 from real_shapes import n_params, write_model  # noqa: E402
 
 # the paper preset's steps (db3d/conf/preset/paper.yaml), scaled by --fraction for the db3d run
@@ -78,8 +77,8 @@ def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
 
 def bench_dreambooth(bb, meter: Meter, steps: int, warmup: int, work: Path) -> list[str]:
     """1. DreamBooth steps/s: full / LoRA x fp32 / bf16 autocast, batch 1 + 1 class image."""
-    from db3d.config import DreamBoothConfig
-    from db3d.dreambooth import train_dreambooth
+    from db3d.core.config import DreamBoothConfig
+    from db3d.method.dreambooth import train_dreambooth
 
     res = bb.resolution
     images = torch.rand(2, 3, res, res, generator=torch.Generator().manual_seed(0))
@@ -101,12 +100,12 @@ def bench_dreambooth(bb, meter: Meter, steps: int, warmup: int, work: Path) -> l
 
 
 def bench_sds(bb, label: str, meter: Meter, steps: int, warmup: int, work: Path, dry: bool) -> list[str]:
-    """2. SDS NeRF steps/s of db3d.fit.fit_nerf (64 px renders), fp32 vs bf16 autocast.
+    """2. SDS NeRF steps/s of db3d.method.fit.fit_nerf (64 px renders), fp32 vs bf16 autocast.
 
     Timed as the difference of a (warmup + steps) and a warmup-only fit: setup costs cancel.
     """
-    from db3d.config import NeRFConfig
-    from db3d.fit import SDSTerm, fit_nerf
+    from db3d.core.config import NeRFConfig
+    from db3d.method.fit import SDSTerm, fit_nerf
 
     nerf = NeRFConfig(checkpoint_every=0)  # the paper-scale field: 16 levels, 2^19 rows, 64 samples a ray
     render = 64
@@ -216,8 +215,8 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # as backbone.tf32=true
         torch.backends.cudnn.allow_tf32 = True
 
-    from db3d.backbones import build_backbone
-    from db3d.config import BackboneConfig
+    from db3d.core.config import BackboneConfig
+    from db3d.models.backbones import build_backbone
 
     # 0. the folders, written once (random weights, real architectures) and loaded by the real loaders
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ weights would cost. The configurations are the public ones as we know them:
             T5 v1.1 XXL width (d_model 4096, 64 heads, gated-gelu FF 10240) with `t5_layers` of
             its 24 layers (the full encoder is 4.7B params, 19 GB in fp32).
 
-Tokenizers are db3d.tiny's in-memory byte-level ones (no vocabulary files offline); the text
+Tokenizers are db3d.models.tiny's in-memory byte-level ones (no vocabulary files offline); the text
 encoders keep the real vocabulary sizes, so embedding tables have their real size.
 
     python benchmarks/real_shapes.py sd15 OUT_DIR     # writes OUT_DIR (model_index.json, unet/, ...)
@@ -31,7 +31,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from db3d.tiny import MAX_TOKENS, tiny_clip_tokenizer, tiny_t5_tokenizer
+from db3d.models.tiny import MAX_TOKENS, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=4,
               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,

@@ -25,16 +25,16 @@ def shared_dataset() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    from db3d.backbones import build_backbone
-    from db3d.config import BackboneConfig
+    from db3d.core.config import BackboneConfig
+    from db3d.models.backbones import build_backbone
 
     return build_backbone(BackboneConfig(kind="tiny-sd", seed=0, sample_steps=4))
 
 
 @pytest.fixture(scope="session")
 def tiny_if():
-    from db3d.backbones import build_backbone
-    from db3d.config import BackboneConfig
+    from db3d.core.config import BackboneConfig
+    from db3d.models.backbones import build_backbone
 
     return build_backbone(BackboneConfig(kind="tiny-if", seed=0, sample_steps=4))
 

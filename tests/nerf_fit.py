@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from db3d.cameras import generate_rays, orbit_cameras, sample_random_cameras
+from db3d.core.cameras import generate_rays, orbit_cameras, sample_random_cameras
 from db3d.nerf.field import FieldConfig, NeRFField
 from db3d.nerf.losses import reconstruction_loss
 from db3d.nerf.render import render_rays

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ..artifacts import flock_lock
+from db3d.core.artifacts import flock_lock
+
 from .storage import join, split
 
 LEASE_S = 60.0  # a lock whose holder has not renewed it for this long is free
@@ -189,7 +190,7 @@ def remote_lock_factory(root: Path, uri: str):
 @contextlib.contextmanager
 def installed(sweep: dict):
     """While inside, artifact_lock syncs with the sweep's artifact URI (when it has one)."""
-    from ..artifacts import set_lock_factory
+    from db3d.core.artifacts import set_lock_factory
 
     uri = sweep.get("artifacts") if sweep.get("reuse", True) else ""
     if not uri:

@@ -24,7 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..results import write_rows, write_table_atomic
+from db3d.core.results import write_rows, write_table_atomic
+
 from .storage import is_uri, join, split, write_table_uri
 
 

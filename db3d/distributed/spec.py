@@ -11,7 +11,7 @@
     metric: quality.toy.psnr             # what ASHA / Optuna optimise (default: a quality signal)
     mode: max                            # default: the signal's direction
     scheduler: {asha: {grace_period: 1, max_t: 100, reduction_factor: 2}}
-    quality: {views: 4, resolution: 32}  # the quality probe (db3d/quality.py)
+    quality: {views: 4, resolution: 32}  # the quality probe (db3d/method/quality.py)
     tracking: [tensorboard, mlflow, wandb]   # Ray Tune logger callbacks; default none
     resources: {cpu: 1, gpu: 0}          # per trial (fractional GPUs allowed)
     max_concurrent: 2
@@ -22,17 +22,18 @@ retried or restored trial writes the same result file and a sweep never holds tw
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..artifacts import content_key
-from ..data import DataError, read_dataset_table, resolve_subject
-from ..synthetic import SYNTHETIC_CLASS_NOUN, make_synthetic_subject
+from db3d.core.artifacts import content_key
+from db3d.core.data import DataError, read_dataset_table, resolve_subject
+from db3d.core.synthetic import SYNTHETIC_CLASS_NOUN, make_synthetic_subject
 
-SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+SWEEPS_DIR = Path(str(importlib.resources.files("sweeps")))  # the named sweeps, installed with db3d (package data)
 SEARCH_KINDS = ("uniform", "loguniform", "choice", "randint")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
@@ -59,7 +60,7 @@ class SweepSpec:
     """random (Tune's BasicVariantGenerator) or optuna (one OptunaSearch per grid cell)."""
     metric: str = ""
     """What ASHA and Optuna optimise. With a scheduler: a quality signal of the last NeRF stage
-    (db3d/quality.py: quality.toy.psnr, quality.clip_t.<model>, ..., quality.loss.<term>); empty: the
+    (db3d/method/quality.py: quality.toy.psnr, quality.clip_t.<model>, ..., quality.loss.<term>); empty: the
     first available of quality.toy.psnr and quality.clip_t.<first CLIP model>, never the weighted
     total loss. Optuna alone may also name a row column (metric.*, seconds.*)."""
     mode: str = ""
@@ -194,7 +195,8 @@ def resolve_metric(spec: SweepSpec, configs: list) -> tuple[str, str]:
 
     configs: [(RunConfig, subject folder)] of every point. Raises SweepError (before Ray starts)
     when a scheduler or a quality.* metric cannot be computed for some trial."""
-    from ..quality import available_signals
+    from db3d.method.quality import available_signals
+    from db3d.toyworld.truth import truth_for
 
     metric, mode = spec.metric, spec.mode
     if not spec.scheduler and not metric.startswith("quality."):
@@ -208,7 +210,7 @@ def resolve_metric(spec: SweepSpec, configs: list) -> tuple[str, str]:
             raise SweepError(f"{spec.path}: scheduler.asha.max_t={max_t}: the last NeRF stage reports {reports} times "
                              f"(nerf.steps / nerf.checkpoint_every) and ASHA stops every trial reaching max_t, "
                              f"before it exports and scores; set max_t to at least {reports + 1}")
-    signals = [available_signals(cfg, folder) for cfg, folder in configs]
+    signals = [available_signals(cfg, truth_for(folder)) for cfg, folder in configs]
     common = set.intersection(*(set(s) for s in signals)) if signals else set()
     if not metric:
         firsts = ["quality.toy.psnr"] + [f"quality.clip_t.{c}" for c in configs[0][0].metrics.clip_models[:1]]

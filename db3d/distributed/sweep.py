@@ -22,13 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import ConfigError, compose, quote
+from db3d.core.config import ConfigError, compose, quote
+
 from .artifact_store import start_locks
 from .local_ray import LOOPBACK, host_problem, start_local_ray
 from .sink import harmonize, read_results
 from .spec import SweepError, expand, load_spec, resolve_metric
-from .tracking import check_trackers, tracking_callbacks
 from .storage import is_uri, join, work_dir
+from .tracking import check_trackers, tracking_callbacks
 
 SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failures", "data_root", "num_cpus",
               "cpu", "gpu", "work", "artifacts", "host", "scheduler")
@@ -146,8 +147,9 @@ def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: st
 
 def _record_stopped(grid, sweep: dict) -> None:
     """Trials that ended without a row (stopped early by the scheduler): a `stopped` row each."""
-    from ..config import compose
-    from ..results import result_row
+    from db3d.core.config import compose
+    from db3d.core.results import result_row
+
     from .sink import trial_file, write_trial_row
     from .trial import trial_config
 
@@ -210,7 +212,7 @@ def run_sweep(argv: list[str]) -> int:
     points = expand(spec, out, data_root=opts.get("data_root"))
     if not points:
         raise SweepError(f"{spec.path}: the sweep has no trials")
-    from ..run import check_metric_weights
+    from db3d.eval.models import check_metric_weights
 
     overrides = overrides + _sweep_captions(points, overrides, spec, out)
     configs = []

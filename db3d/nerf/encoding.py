@@ -3,7 +3,7 @@
 One class, ``HashGridEncoding(implementation="torch"|"tcnn")``. The torch backend reproduces
 tiny-cuda-nn's "HashGrid" layout exactly (level scales, ``+0.5`` offset, dense levels where the
 grid fits in the table, the ``(1, 2654435761, 805459861)`` XOR hash, 8-aligned level offsets,
-level-major output), so a tcnn table can be copied into it; ``tests/test_nerf.py`` checks that on
+level-major output), so a tcnn table can be copied into it; ``tests/nerf/test_nerf.py`` checks that on
 a GPU. With ``implementation="tcnn"`` and tinycudann missing or no CUDA device, it warns and uses
 torch.
 """

@@ -77,7 +77,7 @@ def reconstruction_loss(
     - ``mean``: over every element (of the mask's weight);
     - ``image_sum``: summed over each image's pixels and channels, then averaged over the B images
       (pred (B, H, W, 3)): the units of the SDS term, whose detach-trick loss gives every element
-      of an image its full gradient (see db3d/fit.py).
+      of an image its full gradient (see db3d/method/fit.py).
 
     DreamBooth3D's ``||render(P_v) - I_v^pseudo||_p`` with the norm's p a config field.
     """

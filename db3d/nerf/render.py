@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from db3d.cameras import CameraBatch, generate_rays
+from db3d.core.cameras import CameraBatch, generate_rays
 from db3d.nerf.shading import ShadingMode, needs_normals, shade
 
 

@@ -9,8 +9,8 @@ side-by-side pairs::
 
 The front feature (a decal marking the object's front) is deliberately *not* in the vocabulary:
 subjects differ from world objects by exactly such details. View words come from db3d's
-view-dependent prompting (``db3d.cameras.view_direction_suffix``), appended with
-``db3d.cameras.view_prompt``: ``"a red ball on a blue box, back view"``.
+view-dependent prompting (``db3d.core.cameras.view_direction_suffix``), appended with
+``db3d.core.cameras.view_prompt``: ``"a red ball on a blue box, back view"``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 
 from torch import Tensor
 
-from db3d.cameras import CameraBatch, view_direction_suffix, view_prompt
+from db3d.core.cameras import CameraBatch, view_direction_suffix, view_prompt
 
 Kind = Literal["ball", "box", "cylinder", "cone"]
 Layout = Literal["single", "stack", "side"]
@@ -31,7 +31,7 @@ PART_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "orange", "pu
 # every colour word (parts and decals)
 COLOURS: tuple[str, ...] = PART_COLOURS + ("white",)
 LAYOUTS: tuple[Layout, ...] = ("single", "stack", "side")
-# the view words of db3d.cameras.view_direction_suffix
+# the view words of db3d.core.cameras.view_direction_suffix
 VIEW_WORDS: tuple[str, ...] = ("front view", "side view", "back view", "overhead view")
 
 
@@ -78,3 +78,11 @@ def vocabulary() -> list[str]:
     words = {"a", "an", "on", "next", "to", "view"} | set(KINDS) | set(COLOURS)
     words |= {w.split()[0] for w in VIEW_WORDS}
     return sorted(words)
+
+
+PRIOR_EXTRA_WORDS = ("toy",)  # the subjects' class noun
+
+
+def prior_words() -> list[str]:
+    """The words the ToyWorld prior's tokenizer keeps whole: the vocabulary and the class noun."""
+    return sorted(set(vocabulary()) | set(PRIOR_EXTRA_WORDS))

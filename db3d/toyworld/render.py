@@ -1,6 +1,6 @@
 """Ground-truth renders of ToyWorld objects: batched SDF sphere tracing from db3d cameras.
 
-Rays come from ``db3d.cameras.generate_rays``, so every view follows db3d's camera conventions
+Rays come from ``db3d.core.cameras.generate_rays``, so every view follows db3d's camera conventions
 (+z up, azimuth 0 = the object's front on +x, OpenGL camera frame). Each ray is clipped to the
 object's bounding sphere and marched by the signed distance until it meets the surface
 (``sd < eps``) or leaves the sphere; rays still marching are dropped from the batch at every step,
@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from db3d.cameras import CameraBatch, generate_rays
+from db3d.core.cameras import CameraBatch, generate_rays
 from db3d.toyworld.world import ToyObject
 
 LIGHT_DIR = (0.5, 0.3, 1.0)  # direction *towards* the fixed light (normalised when used)

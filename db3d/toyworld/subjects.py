@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from db3d.cameras import cameras_at
+from db3d.core.cameras import cameras_at
 from db3d.toyworld.render import render_object
 from db3d.toyworld.world import FrontFeature, Primitive, ToyObject, sample_object
 

@@ -12,14 +12,13 @@
    as diffusers folders (DIR/unet, DIR/text_encoder, DIR/scheduler; fp16) with this config
    (DIR/train_config.json) and the loss curve (DIR/loss.csv).
 
-Run again with the same DIR to resume. The shipped weights (db3d/toyworld/weights) were made by
+Run again with the same DIR to resume. The shipped weights (db3d/models/toy_prior_weights) were made by
 the command recorded in their train_config.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import sys
@@ -30,12 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from db3d import diffusion
-from db3d.artifacts import atomic_write_json
-from db3d.cameras import sample_random_cameras
-from db3d.progress import bar
-from db3d.toyworld import prior
-from db3d.toyworld.captions import camera_captions
+from db3d.core.artifacts import atomic_write_json
+from db3d.core.cameras import sample_random_cameras
+from db3d.core.progress import bar
+from db3d.models import diffusion
+from db3d.models import toy_prior as prior
+from db3d.toyworld.captions import camera_captions, prior_words
 from db3d.toyworld.render import render_object
 from db3d.toyworld.world import enumerate_world, variant
 
@@ -157,7 +156,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
     # 1. data: renders, and each caption tokenised three ways (full, generic, empty)
     data = load_or_render(cfg, folder)
     images = data["images"]  # (N, 3, R, R) uint8
-    parts = prior.new_components(cfg.resolution, cfg.seed)
+    parts = prior.new_components(prior_words(), cfg.resolution, cfg.seed)
     tokenizer, unet, text_encoder, sched = parts["tokenizer"], parts["unet"], parts["text_encoder"], parts["scheduler"]
     ids_full, mask_full = _tokens(tokenizer, data["captions"])
     generic = ["a toy, " + c.rsplit(", ", 1)[1] for c in data["captions"]]

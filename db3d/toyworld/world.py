@@ -1,6 +1,6 @@
 """ToyWorld objects: 1-3 coloured primitives, stacked or side by side, with a marked front.
 
-Conventions follow ``db3d.cameras``: +z up, the object's **front faces +x** (azimuth 0), its left
+Conventions follow ``db3d.core.cameras``: +z up, the object's **front faces +x** (azimuth 0), its left
 side is +y (image right in the front view). Every object is centred on the origin and scaled so
 that its parts' bounding boxes fit inside a sphere of radius ``OBJECT_RADIUS`` (0.8), well inside
 a unit NeRF bounding sphere.
@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from db3d.toyworld.captions import COLOURS, KINDS, PART_COLOURS, Kind, Layout, object_caption
+from db3d.toyworld.captions import (
+    COLOURS,
+    KINDS,
+    PART_COLOURS,
+    Kind,
+    Layout,
+    object_caption,
+)
 from db3d.toyworld.shapes import DECAL_SHAPES, in_decal, sd_primitive, smooth_min
 
 # albedo of every colour word (linear RGB in [0, 1])
