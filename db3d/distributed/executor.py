@@ -94,6 +94,11 @@ def _report_dreambooth(ckpts: dict[int, DreamBoothCheckpoint], rank: int, world:
                          delete_local_checkpoint_after_upload=False)
 
 
+def _label(stage: str) -> str:
+    """A stage's name in Ray Train run folders and PID markers: every DreamBooth run is "dreambooth"."""
+    return "dreambooth" if "dreambooth" in stage else stage
+
+
 def _stage_worker(config: dict) -> None:
     """One Ray Train worker of a stage: rebuild the backbone here, run the stage, hand back the result."""
     import ray.train
@@ -105,7 +110,7 @@ def _stage_worker(config: dict) -> None:
     marker = os.environ.get("DB3D_TRIAL_PID_DIR")  # tests: where a stage worker announces its PID
     if marker:
         Path(marker).mkdir(parents=True, exist_ok=True)
-        (Path(marker) / f"{config['stage']}-rank{rank}.pid").write_text(str(os.getpid()))
+        (Path(marker) / f"{_label(config['stage'])}-rank{rank}.pid").write_text(str(os.getpid()))
     # 1. the stage's context on this worker's device (its own GPU when use_gpu)
     ctx = config["ctx"]
     if config["use_gpu"]:
@@ -144,7 +149,7 @@ class RayTrainExecutor:
         gpu, cpu = float(res.get("gpu", 0)), float(res.get("cpu", 1))
         reporter = self.reporter if ctx.on_progress is not None else None  # the last NeRF stage's signal
         outcome = _Outcome.remote()
-        name = f"{stage}-{self.trial_id}-{self.calls}"
+        name = f"{_label(stage)}-{self.trial_id}-{self.calls}"
         self.calls += 1
         trainer = TorchTrainer(
             _stage_worker,
