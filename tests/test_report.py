@@ -195,6 +195,14 @@ def test_plots_are_pngs(report):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(p) as im:
             im.verify()
+    # a 400-pixel panel per model x render column; both methods' colours drawn in the panels (the
+    # legend strip at the bottom cut off)
+    for name, n_panels in (("method.lambda_recon__r_precision.png", 3), ("method.lambda_recon__janus.png", 1)):
+        with Image.open(out / "plots" / name) as im:
+            assert im.width == 400 * n_panels
+            panels = np.asarray(im.convert("RGB"))[: im.height - 40].reshape(-1, 3)
+        drawn = {tuple(int(v) for v in c) for c in np.unique(panels, axis=0)}
+        assert {(31, 119, 180), (255, 127, 14)} <= drawn, name
 
 
 def test_html(report):
