@@ -20,25 +20,32 @@ MAX_LEVELS = 12
 N_BINS = 5
 
 
-Z95 = 1.959963984540054
-"""The standard normal's 97.5% quantile: a two-sided 95% interval."""
+def wilson_interval(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score `level` interval of a binomial proportion (k of n); (nan, nan) for n = 0.
 
-
-def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (k of n); (nan, nan) for n = 0; exact ends
-    (0 for no successes, 1 for all) where the formula's float round-off would miss them."""
+    Whole counts go to scipy (`binomtest(k, n).proportion_ci(method="wilson")`, exact ends: 0 for
+    no successes, 1 for all). scipy takes whole counts only, and a study tally with ties counted
+    as half a win has halves: a fractional count uses the same closed form directly.
+    """
     if n <= 0:
         return math.nan, math.nan
+    from scipy.stats import binomtest, norm  # noqa: PLC0415  (heavy import, only when used)
+
+    if float(successes).is_integer() and float(n).is_integer():
+        ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+        return float(ci.low), float(ci.high)
+    # the closed form: centre (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    z = float(norm.ppf(0.5 + level / 2))
     p = successes / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if successes <= 0 else lo), (1.0 if successes >= n else hi)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def bootstrap_ci(values, n: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean of `values` and its percentile bootstrap `level` interval.
+    """(mean, lo, hi): the mean of `values` and its percentile bootstrap `level` interval
+    (scipy.stats.bootstrap, method="percentile", `n` resamples from numpy's generator seeded `seed`).
 
     Non-finite values are dropped. One value gives (v, v, v); none gives (nan, nan, nan).
     """
@@ -49,15 +56,12 @@ def bootstrap_ci(values, n: int = N_BOOT, seed: int = SEED, level: float = 0.95)
     mean = float(x.mean())
     if x.size == 1 or n <= 0:
         return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    chunk = max(1, 2_000_000 // x.size)  # bounded memory for large sweeps
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return mean, float(lo), float(hi)
+    from scipy.stats import bootstrap  # noqa: PLC0415  (heavy import, only when used)
+
+    batch = max(1, 2_000_000 // x.size)  # resamples per batch: bounded memory for large sweeps
+    res = bootstrap((x,), np.mean, n_resamples=n, batch=batch, vectorized=True, confidence_level=level,
+                    method="percentile", rng=np.random.default_rng(seed))
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarize(values, n: int = N_BOOT, seed: int = SEED) -> dict:

@@ -12,14 +12,12 @@ level halfway between the grid's minimum and maximum density instead, with a war
 
 ``Mesh`` keeps db3d's world frame (+z up, front +x). ``save_obj`` writes it as is; ``save_glb``
 rotates it into glTF's frame (+y up, front +z) as the glTF spec asks, and writes the vertex
-colours (sRGB bytes) as linear floats, as glTF's COLOR_0 is linear.
+colours (sRGB bytes) as linear floats, as glTF's COLOR_0 is linear. trimesh writes both files.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +30,6 @@ from db3d.nerf.io import field_device, tmp_path_for
 DEFAULT_THRESHOLD = 10.0
 """Density level of the extracted surface (stable-dreamfusion's density_thresh: 10)."""
 
-GLB_MAGIC = 0x46546C67  # b"glTF" little-endian
-GLB_CHUNK_JSON = 0x4E4F534A  # b"JSON"
-GLB_CHUNK_BIN = 0x004E4942  # b"BIN\0"
-GL_FLOAT, GL_UNSIGNED_INT = 5126, 5125
-GL_ARRAY_BUFFER, GL_ELEMENT_ARRAY_BUFFER = 34962, 34963
 WORLD_TO_GLTF = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)
 """Rotation (det +1) taking db3d's (x front, y left, z up) to glTF's (x = y, y = z up, z = x front)."""
 
@@ -181,67 +174,63 @@ def _write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
+OBJ_HEADER = "db3d mesh: world frame +z up, front +x; vertex colours sRGB in [0, 1]"
+LINEAR_COLOR = "_COLOR_LINEAR"
+"""The custom vertex attribute that carries the GLB's linear float colours (renamed COLOR_0)."""
+
+
+def _trimesh(vertices: np.ndarray, faces: np.ndarray, **kwargs):
+    """A trimesh.Trimesh of exactly these arrays (process=False: no merging or reordering)."""
+    import trimesh  # noqa: PLC0415  (imported only when a file is written)
+
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False, validate=False, **kwargs)
+
+
 def save_obj(mesh: Mesh, path: Path) -> Path:
-    """Wavefront OBJ: ``v x y z r g b`` (colours in [0, 1]) and 1-based ``f a b c`` lines."""
-    vc = np.hstack([mesh.vertices.astype(np.float64), mesh.colors.astype(np.float64) / 255.0])
-    lines = ["# db3d mesh: world frame +z up, front +x; vertex colours sRGB in [0, 1]"]
-    lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r:.4f} {g:.4f} {b:.4f}" for x, y, z, r, g, b in vc]
-    lines += [f"f {a} {b} {c}" for a, b, c in (mesh.faces + 1).tolist()]
-    return _write_atomic(path, ("\n".join(lines) + "\n").encode())
+    """Wavefront OBJ (trimesh's writer): ``v x y z r g b`` (sRGB colours in [0, 1]) and 1-based
+    ``f a b c`` lines, in db3d's world frame."""
+    from trimesh.exchange.obj import export_obj  # noqa: PLC0415
+
+    if mesh.is_empty:  # trimesh would write a bare 'v' and 'f' line: the header alone
+        return _write_atomic(path, f"# {OBJ_HEADER}\n".encode())
+    tm = _trimesh(mesh.vertices, mesh.faces, vertex_colors=mesh.colors)
+    text = export_obj(tm, include_normals=False, include_color=True, include_texture=False, digits=6,
+                      header=OBJ_HEADER)
+    return _write_atomic(path, text.encode())
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:  # values in [0, 1]
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def _pad4(data: bytes, fill: bytes) -> bytes:
-    return data + fill * (-len(data) % 4)
+def _finish_gltf(tree: dict) -> None:
+    """trimesh's glTF tree -> db3d's: the linear float colours as COLOR_0 and a dielectric material.
+
+    trimesh writes vertex colours as 8-bit COLOR_0, which would crush the dark end of linear
+    colours (sRGB 0-12 all become 0 or 1), so they travel as a float custom attribute, renamed
+    here. glTF's default material is metallic, which renders vertex colours dark: hence ours.
+    """
+    tree["asset"]["generator"] = "db3d"
+    if not tree.get("meshes"):  # an empty mesh: a valid file with an empty node
+        return
+    tree["materials"] = [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1],
+                                                   "metallicFactor": 0.0, "roughnessFactor": 1.0}}]
+    for gltf_mesh in tree["meshes"]:
+        for prim in gltf_mesh["primitives"]:
+            prim["attributes"]["COLOR_0"] = prim["attributes"].pop(LINEAR_COLOR)
+            prim["material"] = 0
 
 
 def glb_bytes(mesh: Mesh) -> bytes:
-    """A binary glTF 2.0 file: one mesh, POSITION + COLOR_0 (linear float) + uint32 indices.
+    """A binary glTF 2.0 file (trimesh's writer): one mesh, POSITION + COLOR_0 (linear float VEC3)
+    + uint32 indices, in glTF's frame (+y up, front +z)."""
+    import trimesh  # noqa: PLC0415
+    from trimesh.exchange.gltf import export_glb  # noqa: PLC0415
 
-    Layout: 12-byte header, JSON chunk (padded with spaces), BIN chunk (padded with zeros); the
-    three buffer views are packed back to back in the BIN chunk, each 4-byte aligned.
-    """
-    gltf: dict = {"asset": {"version": "2.0", "generator": "db3d"}, "scene": 0}
-    gltf["scenes"] = [{"nodes": [0]}]
-    if mesh.is_empty:  # a valid file with an empty node: glTF forbids accessors with count 0
-        gltf["nodes"] = [{}]
-        binary = b""
-    else:
-        # 1. arrays in glTF's frame and types
-        positions = (mesh.vertices.astype(np.float32) @ WORLD_TO_GLTF.T).astype("<f4")  # (V, 3)
-        colors = srgb_to_linear(mesh.colors.astype(np.float64) / 255.0).astype("<f4")  # (V, 3)
-        indices = mesh.faces.astype("<u4").reshape(-1)  # (3F,)
-        blobs = [positions.tobytes(), colors.tobytes(), indices.tobytes()]
-        # 2. buffer views, back to back at 4-byte aligned offsets
-        views, offset = [], 0
-        for blob, target in zip(blobs, (GL_ARRAY_BUFFER, GL_ARRAY_BUFFER, GL_ELEMENT_ARRAY_BUFFER)):
-            views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(blob), "target": target})
-            offset += len(blob) + (-len(blob) % 4)
-        binary = b"".join(_pad4(blob, b"\x00") for blob in blobs)
-        # 3. accessors, mesh, material (dielectric: glTF's default material is metallic)
-        n_vertices = len(positions)
-        gltf["accessors"] = [
-            {"bufferView": 0, "componentType": GL_FLOAT, "count": n_vertices, "type": "VEC3",
-             "min": positions.min(0).tolist(), "max": positions.max(0).tolist()},
-            {"bufferView": 1, "componentType": GL_FLOAT, "count": n_vertices, "type": "VEC3"},
-            {"bufferView": 2, "componentType": GL_UNSIGNED_INT, "count": len(indices), "type": "SCALAR"},
-        ]
-        gltf["bufferViews"] = views
-        gltf["buffers"] = [{"byteLength": len(binary)}]
-        gltf["materials"] = [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1],
-                                                       "metallicFactor": 0.0, "roughnessFactor": 1.0}}]
-        gltf["meshes"] = [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2,
-                                           "material": 0, "mode": 4}]}]
-        gltf["nodes"] = [{"mesh": 0}]
-    # 4. chunks and header
-    json_chunk = _pad4(json.dumps(gltf, separators=(",", ":")).encode(), b" ")
-    chunks = struct.pack("<II", len(json_chunk), GLB_CHUNK_JSON) + json_chunk
-    if binary:
-        chunks += struct.pack("<II", len(binary), GLB_CHUNK_BIN) + binary
-    return struct.pack("<III", GLB_MAGIC, 2, 12 + len(chunks)) + chunks
+    positions = mesh.vertices.astype(np.float32) @ WORLD_TO_GLTF.T  # (V, 3) glTF frame
+    colors = srgb_to_linear(mesh.colors.astype(np.float64) / 255.0).astype(np.float32)  # (V, 3) linear
+    tm = _trimesh(positions, mesh.faces, vertex_attributes={LINEAR_COLOR: colors})
+    return export_glb(trimesh.Scene(tm), include_normals=False, tree_postprocessor=_finish_gltf)
 
 
 def save_glb(mesh: Mesh, path: Path) -> Path:

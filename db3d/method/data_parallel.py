@@ -2,19 +2,18 @@
 
 Any launcher that sets up the process group works: Ray Train's TorchTrainer (gloo on CPU, nccl
 on GPU), torchrun, or torch.multiprocessing in the tests. Every rank holds the same weights,
-draws its own batch, and averages its gradients with the others' before the update, so every
-rank takes the same step: one step on world_size x batch samples. That is the maths of
-DistributedDataParallel, written out (DDP's wrapper would hide the UNet that the backbone calls).
+draws its own batch, and torch's DistributedDataParallel averages the gradients during the
+backward pass, so every rank takes the same step: one step on world_size x batch samples.
 Without a process group (or with one rank) every helper is a no-op: (rank, world) = (0, 1).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Sequence
 
-import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -30,41 +29,34 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:
-    """Overwrite every rank's tensors, in place, with rank `src`'s (e.g. LoRA's random init)."""
-    if rank_and_world()[1] > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=src)
+class _Trained(nn.Module):
+    """The trained parameters as one module for DDP; its forward is `forward` (which may use them
+    through any other module, e.g. the UNet that a backbone calls)."""
+
+    def __init__(self, params: Sequence[nn.Parameter], forward: Callable[..., Tensor]):
+        super().__init__()
+        self.params = nn.ParameterList(params)  # the same Parameter objects, not copies
+        self._forward = forward
+
+    def forward(self, *args, **kwargs):
+        return self._forward(*args, **kwargs)
 
 
-def average_gradients_(params: Iterable[torch.nn.Parameter], bucket_numel: int = 1 << 24) -> None:
-    """grad <- mean over ranks of grad, in place, for every parameter that has one.
+def data_parallel(params: Sequence[nn.Parameter], forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`forward` under DistributedDataParallel over `params`; `forward` itself with one rank.
 
-    Every rank runs the same model on the same code path, so the set of parameters with a
-    gradient (and its order) is the same on all of them. Gradients travel in flat buckets of
-    at most `bucket_numel` elements (one all-reduce per bucket, not per tensor).
+    DDP watches exactly `params` (the trained ones: LoRA adapters, or the whole UNet and text
+    encoder), not the frozen weights that they share with the base model, so at construction it
+    broadcasts rank 0's trained weights to every rank (LoRA's random init differs per rank) and in
+    every backward pass it all-reduces their gradients to the mean over ranks, in buckets.
+    find_unused_parameters: a parameter without a gradient on every rank keeps grad None, as in
+    a single process. Gradients are views of DDP's buckets (no second copy of them in memory).
+    Call the result once per backward pass, on every rank.
     """
-    world = rank_and_world()[1]
-    if world == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    start = 0
-    while start < len(grads):
-        # 1. a bucket of consecutive gradients (at least one, however large)
-        end, numel = start + 1, grads[start].numel()
-        while end < len(grads) and numel + grads[end].numel() <= bucket_numel:
-            numel += grads[end].numel()
-            end += 1
-        # 2. one flat all-reduce (sum), then divide: the mean of the ranks' gradients
-        flat = torch.cat([g.reshape(-1) for g in grads[start:end]])  # (numel,)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= world
-        # 3. back into the parameters' gradients
-        offset = 0
-        for g in grads[start:end]:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-        start = end
+    if rank_and_world()[1] == 1:
+        return forward
+    return DistributedDataParallel(_Trained(params, forward), find_unused_parameters=True,
+                                   gradient_as_bucket_view=True)
 
 
 def gather_objects(obj) -> list:

@@ -12,8 +12,9 @@ encoder is trained). An interrupted run resumes from its last saved training sta
 
 Data parallel when torch.distributed is initialised with N > 1 ranks (a Ray Train worker group,
 torchrun): every rank draws its own batch of `batch_size` images (the batch size is per rank;
-the step averages N x batch_size), gradients are averaged before the update so every rank holds
-the same weights, and only rank 0 writes checkpoints, resume states and run.json.
+the step averages N x batch_size), torch's DistributedDataParallel over the trained parameters
+averages the gradients in the backward pass so every rank holds the same weights, and only rank 0
+writes checkpoints, resume states and run.json.
 """
 
 from __future__ import annotations
@@ -30,22 +31,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from db3d.core.artifacts import (
-    DreamBoothCheckpoint,
-    atomic_write_json,
-    content_key,
-    mark_done,
-    read_done,
-)
+from db3d.core.artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
 from db3d.core.config import DreamBoothConfig
 from db3d.core.progress import bar as progress_bar
-from db3d.method.data_parallel import (
-    average_gradients_,
-    barrier,
-    broadcast_,
-    gather_objects,
-    rank_and_world,
-)
+from db3d.method.data_parallel import barrier, data_parallel, gather_objects, rank_and_world
 from db3d.models import diffusion
 from db3d.models.backbones import DTYPES, Backbone, cast, full_finetune_gib, shared_copy
 
@@ -318,12 +307,19 @@ def train_dreambooth(
     params = [p for p in unet.parameters() if p.requires_grad]
     if text_encoder is not None:
         params += list(text_encoder.parameters())
-    broadcast_(params)  # N ranks: all start from rank 0's weights (LoRA's init is random)
-    optimizer = make_optimizer(params, cfg)
 
     # 2. fixed inputs, computed once
     fixed = _precompute(base, images, class_imgs if use_prior else None, instance_prompt, class_prompt)
     gen = torch.Generator().manual_seed(seed + rank)  # rank 0 (and a single process): `seed` itself
+
+    def denoise(x_t: Tensor, t: Tensor, which: Tensor) -> Tensor:  # (B,C,r,r), (B,), (B,) -> (B,C,r,r)
+        """The model's output for subject (which 0) and class (which 1) samples: one UNet call."""
+        emb = bb.embed_tokens(fixed.ids, fixed.mask, text_encoder) if text_encoder is not None else fixed.emb
+        return bb.unet_output(x_t, t, emb[which], unet)
+
+    # N ranks: DDP over the trained parameters; all start from rank 0's (LoRA's init is random)
+    model = data_parallel(params, denoise)
+    optimizer = make_optimizer(params, cfg)
 
     # 3. resume from the last training state, if one was written
     step = 0
@@ -351,8 +347,7 @@ def train_dreambooth(
         # 4b. forward diffusion at a random timestep
         x_t = diffusion.add_noise(x0, eps, a_bar[t])
         # 4c. one UNet call for subject + class images
-        emb = bb.embed_tokens(fixed.ids, fixed.mask, text_encoder) if text_encoder is not None else fixed.emb
-        pred = bb.unet_output(x_t, t, emb[which], unet)
+        pred = model(x_t, t, which)
         err = ((pred - bb.training_target(x0, eps, t)) ** 2).flatten(1).mean(1)
         inst_loss = err[: cfg.batch_size].mean()
         prior_loss = err[cfg.batch_size:].mean() if use_prior else torch.zeros((), device=bb.device)
@@ -364,8 +359,7 @@ def train_dreambooth(
                 "Lower the learning rate, check the images for NaNs, or use backbone.dtype=fp32.")
         # 4d. update
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients_(params)  # N ranks: the gradient of all N x batch_size samples, on every rank
+        loss.backward()  # N ranks: DDP leaves the gradient of all N x batch_size samples on every rank
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()

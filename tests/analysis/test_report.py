@@ -120,6 +120,34 @@ def test_bootstrap_ci_pure():
     assert m2 == pytest.approx(0.5) and hi2 - lo2 < (hi - lo) / 4  # width ~ 1/sqrt(n): 100x the trials, ~1/10
 
 
+def _percentile_bootstrap(x: np.ndarray, n: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap written out with numpy (the formula bootstrap_ci used before scipy):
+    n resamples of len(x) indices from default_rng(seed), in batches of 2e6 // len(x) rows."""
+    rng, means, batch = np.random.default_rng(seed), np.empty(n), max(1, 2_000_000 // x.size)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def test_bootstrap_ci_matches_the_written_out_percentile_bootstrap():
+    """scipy.stats.bootstrap draws the same resamples from the same seed: the same interval."""
+    cases = [(np.array([0.1, 0.4, 0.5, 1.3, 0.9]), 2000, 0, 0.95),
+             (np.random.default_rng(1).normal(0.5, 0.1, 20), 500, 3, 0.95),
+             (np.random.default_rng(2).exponential(1.0, 300), 2000, 5, 0.9),
+             (np.random.default_rng(3).normal(0.0, 1.0, 50_000), 300, 7, 0.95)]  # 40 resamples a batch
+    for x, n, seed, level in cases:
+        mean, lo, hi = bootstrap_ci(x, n, seed, level)
+        assert mean == pytest.approx(float(x.mean()), rel=1e-12)
+        assert (lo, hi) == pytest.approx(_percentile_bootstrap(x, n, seed, level), rel=1e-9, abs=1e-12)
+    # and, for a large sample, close to the normal approximation mean +- z * sd / sqrt(n)
+    x = np.random.default_rng(4).normal(2.0, 0.5, 4000)
+    mean, lo, hi = bootstrap_ci(x, 4000, seed=0)
+    half = 1.959963984540054 * x.std() / np.sqrt(x.size)
+    assert lo == pytest.approx(mean - half, abs=0.1 * half) and hi == pytest.approx(mean + half, abs=0.1 * half)
+
+
 def test_method_table_ci_shrinks_with_more_trials():
     rng = np.random.default_rng(0)
     col = "metric.r_precision.ViT-B-32.color"
@@ -195,6 +223,14 @@ def test_plots_are_pngs(report):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(p) as im:
             im.verify()
+    # a 400-pixel panel per model x render column; both methods' colours drawn in the panels (the
+    # legend strip at the bottom cut off)
+    for name, n_panels in (("method.lambda_recon__r_precision.png", 3), ("method.lambda_recon__janus.png", 1)):
+        with Image.open(out / "plots" / name) as im:
+            assert im.width == 400 * n_panels
+            panels = np.asarray(im.convert("RGB"))[: im.height - 40].reshape(-1, 3)
+        drawn = {tuple(int(v) for v in c) for c in np.unique(panels, axis=0)}
+        assert {(31, 119, 180), (255, 127, 14)} <= drawn, name
 
 
 def test_html(report):

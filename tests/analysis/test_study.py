@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import select
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -309,6 +311,24 @@ def test_wilson_known_values():
     assert lo == pytest.approx(0.39677, abs=1e-4) and hi == pytest.approx(0.89222, abs=1e-4)
     assert wilson(10, 10)[1] == 1.0 and wilson(0, 10)[0] == 0.0
     assert all(v != v for v in wilson(0, 0))
+
+
+def _wilson_closed_form(k: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), clipped to [0, 1]."""
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def test_wilson_equals_the_closed_form_whole_and_half_counts():
+    for n in (1, 2, 3, 4, 7, 10, 25, 100, 1000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n} | ({n / 2 + 0.5, 0.5, n - 0.5} if n > 1 else set())):
+            assert wilson(k, n) == pytest.approx(_wilson_closed_form(k, n), rel=1e-9, abs=1e-12), (k, n)
+    # the ends of a score interval solve n (p_hat - p)^2 = z^2 p (1 - p): a half count too
+    z = 1.959963984540054
+    for k, n in ((2.5, 5), (7.5, 12), (0.5, 3)):
+        roots = np.sort(np.roots([n + z * z, -(2 * k + z * z), k * k / n]).real)
+        assert wilson(k, n) == pytest.approx(tuple(roots), rel=1e-9)
 
 
 def test_tally_majority_vote_and_ties():

@@ -161,6 +161,36 @@ def test_glb_and_obj_files(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
+def test_glb_and_obj_reload_with_trimesh(tmp_path):
+    """Both files read back by trimesh: the same vertices (GLB in glTF's frame), faces and colours
+    (OBJ: the sRGB bytes; GLB: linear floats, sRGB decoded by the IEC 61966-2-1 formula), and the
+    GLB's dielectric material."""
+    import trimesh
+
+    mesh = extract_mesh(BallField(), resolution=20)
+    mesh.colors[:4] = [[0, 0, 0], [3, 10, 11], [12, 200, 255], [40, 41, 42]]  # both sides of the sRGB knee
+    save_glb(mesh, tmp_path / "m.glb")
+    save_obj(mesh, tmp_path / "m.obj")
+
+    scene = trimesh.load(tmp_path / "m.glb", process=False)
+    (glb,) = scene.geometry.values()
+    assert all(np.allclose(node["transform"], np.eye(4)) for node in scene.graph.to_flattened().values())
+    to_gltf = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)  # (x, y, z) -> (y, z, x)
+    np.testing.assert_allclose(glb.vertices, mesh.vertices @ to_gltf.T, atol=1e-6)
+    np.testing.assert_array_equal(glb.faces, mesh.faces)
+    c = mesh.colors.astype(np.float64) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    colors = glb.visual.vertex_attributes["color"]  # COLOR_0 as stored: float32, not bytes
+    assert colors.dtype == np.float32 and colors.shape == (len(mesh.vertices), 3)
+    np.testing.assert_allclose(colors, linear, rtol=1e-6, atol=1e-8)
+    assert glb.visual.material.metallicFactor == 0.0 and glb.visual.material.roughnessFactor == 1.0
+
+    obj = trimesh.load(tmp_path / "m.obj", process=False)
+    np.testing.assert_allclose(obj.vertices, mesh.vertices, atol=1e-6)  # world frame, as is
+    np.testing.assert_array_equal(obj.faces, mesh.faces)
+    np.testing.assert_array_equal(obj.visual.vertex_colors[:, :3], mesh.colors)
+
+
 # ---- videos, turntables, checkpoints ------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from db3d.core.config import DreamBoothConfig
 from db3d.method import dreambooth
-from db3d.method.data_parallel import average_gradients_, rank_and_world
+from db3d.method.data_parallel import data_parallel, rank_and_world
 
 WORLD = 2
 SGD = dict(mode="full", batch_size=1, prior_preservation=False, learning_rate=0.05, max_grad_norm=1.0,
@@ -118,6 +118,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             except _Interrupt:
                 pass
         out["world"] = rank_and_world()
+        # 3. data_parallel over parameters that the forward uses through another module, one unused
+        used, unused = torch.nn.Parameter(torch.ones(1, 3)), torch.nn.Parameter(torch.ones(2))
+        layer = torch.nn.Linear(3, 1, bias=False)
+        layer.weight = used
+        model = data_parallel([used, unused], lambda x: layer(x).sum())
+        model(torch.full((1, 3), float(rank + 1))).backward()  # this rank's gradient: rank + 1
+        out["grads"] = (used.grad.clone(), unused.grad)
     finally:
         dist.destroy_process_group()
     (root / f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
@@ -204,9 +211,20 @@ def test_ranks_agree_only_rank_0_writes_and_a_resumed_run_matches_a_straight_one
                               tiny_sd.predict_eps(z, t, emb))
 
 
-def test_without_a_process_group_nothing_is_averaged():
+def test_gradients_are_the_mean_over_ranks_and_an_unused_parameter_keeps_none(ranks):
+    for r in ranks:
+        used, unused = r["grads"]
+        assert torch.equal(used, torch.full((1, 3), 1.5)) and unused is None  # (1 + 2) / 2
+
+
+def test_without_a_process_group_the_forward_is_called_as_is():
     assert rank_and_world() == (0, 1)
     p = torch.nn.Parameter(torch.ones(3))
-    p.grad = torch.full((3,), 2.0)
-    average_gradients_([p])
+
+    def forward(x):
+        return (p * x).sum()
+
+    model = data_parallel([p], forward)
+    assert model is forward  # no DDP wrapper, no averaging
+    model(torch.full((3,), 2.0)).backward()
     assert torch.equal(p.grad, torch.full((3,), 2.0))
