@@ -10,6 +10,23 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+RAY_MODULES = {"test_distributed", "test_local_ray", "test_sweep_chaos", "test_sweep_quality", "test_quality",
+               "test_toyworld_bench"}
+"""Test modules that start local Ray clusters. Under pytest-xdist (`make test`: -n 2 --dist loadgroup)
+they share one worker, one test at a time: two local Rays on one machine contend for fixed ports
+(the dashboard agent's), and a Ray test's trials want the machine's CPUs to themselves."""
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes on a small machine: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 
 def dataset_root() -> Path:
     return Path(os.environ.get("DB3D_DATASET", Path(__file__).resolve().parents[1].parent / "shared" / "dreambooth_dataset"))
