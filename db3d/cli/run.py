@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from db3d.core.artifacts import atomic_write_json
-from db3d.core.config import RunConfig, save_config
+from db3d.core.config import RunConfig
 from db3d.core.data import (
     SYNTHETIC_CLASS_NOUN,
     Subject,
@@ -25,7 +25,7 @@ from db3d.core.data import (
     make_synthetic_subject,
     resolve_subject,
 )
-from db3d.core.results import result_row, write_rows
+from db3d.core.results import result_row, save_config, write_rows
 from db3d.eval.models import check_metric_weights
 from db3d.method.personalize import instance_prompt
 from db3d.method.stages import run_method

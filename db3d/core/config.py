@@ -15,10 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, get_args
-
-from db3d.core.artifacts import atomic_write_text
 
 BackboneKind = Literal["tiny-sd", "tiny-if", "toy", "sd", "if"]
 DType = Literal["fp32", "fp16", "bf16"]
@@ -520,15 +517,3 @@ def to_yaml(cfg: RunConfig) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def save_config(cfg: RunConfig, out: Path) -> None:
-    """config.yaml beside the outputs; an earlier, different one is kept as config.N.yaml."""
-    text = to_yaml(cfg)
-    path = out / "config.yaml"
-    if path.exists() and path.read_text() != text:
-        n = 1
-        while (out / f"config.{n}.yaml").exists():
-            n += 1
-        path.rename(out / f"config.{n}.yaml")
-    atomic_write_text(path, text)

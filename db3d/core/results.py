@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from db3d.core.artifacts import RunResult
-from db3d.core.config import RunConfig, to_flat_dict
+from db3d.core.artifacts import RunResult, atomic_write_text
+from db3d.core.config import RunConfig, to_flat_dict, to_yaml
 
 MB = 2.0 ** 20
 
@@ -71,8 +71,6 @@ class StageMeter(dict):
     def record(self, stage: str, seconds: float, cost=None) -> None:
         """A stage's wall time; its peak memory is `cost`'s (a db3d.method.executor.StageCost measured by
         the process that ran it elsewhere) or, when that is None, this process's since the last stage."""
-        import torch
-
         super().__setitem__(stage, seconds)
         self.target[stage] = seconds
         if cost is not None:
@@ -81,10 +79,10 @@ class StageMeter(dict):
             if cost.cuda_mb is not None:
                 self.cuda_mb[stage] = max(self.cuda_mb.get(stage, 0.0), cost.cuda_mb)
             return
-        rss, _ = _rss_peak_mb()
+        rss, cuda = process_peaks()
         self.rss_mb[stage] = max(self.rss_mb.get(stage, 0.0), rss)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.cuda_mb[stage] = max(self.cuda_mb.get(stage, 0.0), torch.cuda.max_memory_allocated() / MB)
+        if cuda is not None:
+            self.cuda_mb[stage] = max(self.cuda_mb.get(stage, 0.0), cuda)
         _reset_peaks()
 
     def columns(self) -> dict[str, float]:
@@ -166,3 +164,15 @@ def process_peaks() -> tuple[float, float | None]:
     rss, _ = _rss_peak_mb()
     cuda = torch.cuda.max_memory_allocated() / MB if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return rss, cuda
+
+
+def save_config(cfg: RunConfig, out: Path) -> None:
+    """config.yaml beside the outputs; an earlier, different one is kept as config.N.yaml."""
+    text = to_yaml(cfg)
+    path = out / "config.yaml"
+    if path.exists() and path.read_text() != text:
+        n = 1
+        while (out / f"config.{n}.yaml").exists():
+            n += 1
+        path.rename(out / f"config.{n}.yaml")
+    atomic_write_text(path, text)

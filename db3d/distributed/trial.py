@@ -20,9 +20,9 @@ import traceback
 from pathlib import Path
 
 from db3d.core.artifacts import content_key
-from db3d.core.config import compose, quote, save_config
+from db3d.core.config import compose, quote
 from db3d.core.data import resolve_subject
-from db3d.core.results import StageMeter, cost_totals, result_row
+from db3d.core.results import StageMeter, cost_totals, result_row, save_config
 from db3d.method.executor import INLINE
 from db3d.method.quality import ProbeSettings, QualityProbe
 from db3d.method.stages import run_method
@@ -115,10 +115,6 @@ class Reporter:
 
         self.update(step, losses, field)
         tune.report(dict(self.last))
-
-
-def make_reporter(probe: QualityProbe, last: dict) -> Reporter:
-    return Reporter(probe, last)
 
 
 def _subject_images(cfg, subject):

@@ -147,7 +147,7 @@ def _asha_run(tmp_path: Path, toys, metric_line: str) -> dict:
     from ray import tune
 
     from db3d.distributed.sweep import tune_setup
-    from db3d.distributed.trial import make_reporter
+    from db3d.distributed.trial import Reporter
 
     spec = _spec(tmp_path, f"scheduler: {{asha: {{grace_period: 1, max_t: 100, reduction_factor: 2}}}}\n{metric_line}")
     cfg0 = _cfg("metrics.clip_models=[]", "metrics.dino=false")
@@ -159,7 +159,7 @@ def _asha_run(tmp_path: Path, toys, metric_line: str) -> dict:
         t = config["trial"]
         cfg = _cfg(f"method.lambda_recon={t['weight']}", "metrics.clip_models=[]", "metrics.dino=false")
         probe = QualityProbe(cfg, truth_for(truth), "a sks toy", SETTINGS)  # always scored against the truth
-        _fit(Path(config["out"]) / t["name"], cfg, ground_truth(t["target"]), t["weight"], make_reporter(probe, {}))
+        _fit(Path(config["out"]) / t["name"], cfg, ground_truth(t["target"]), t["weight"], Reporter(probe, {}))
 
     trials = [{"name": "heavy", "weight": 100.0, "target": truth}, {"name": "light", "weight": 0.01, "target": other}]
     _, scheduler, tmetric, tmode = tune_setup(spec, sweep)
