@@ -67,22 +67,19 @@ class _LevelPlan:
     dense_size: Tensor  # (Ld, 1) rows of each dense level (their index wraps once past it)
 
 
-def _corner_lin(lab: Tensor, tz: Tensor, plan: _LevelPlan, out: Tensor) -> Tensor:  # (L, N) each
-    """Flattened-table index ``row * F`` of one corner from its x-y term and its z term, into ``out``.
+def _corner_row(lab: Tensor, tz: Tensor, plan: _LevelPlan, out: Tensor) -> Tensor:  # (L, N) each
+    """Table row of one corner from its x-y term and its z term, into ``out``.
 
     Dense levels add the terms (``x + y R + z R^2``) modulo the level's rows, as tiny-cuda-nn
     does (the far faces wrap); hashed levels XOR them (each term already masked to the level).
     """
     nd = plan.n_dense
     if nd > 0:
-        torch.add(lab[:nd], tz[:nd], out=out[:nd])
-        out[:nd].remainder_(plan.dense_size)
+        dense = torch.add(lab[:nd], tz[:nd], out=out[:nd])
+        dense.sub_((dense >= plan.dense_size) * plan.dense_size)  # < 2 x rows: one wrap is the modulo
     if nd < out.shape[0]:
         torch.bitwise_xor(lab[nd:], tz[nd:], out=out[nd:])
-    out.add_(plan.offsets)
-    if plan.n_feat > 1:
-        out.mul_(plan.n_feat)
-    return out
+    return out.add_(plan.offsets)
 
 
 def _corner_xy(tx: Tensor, ty: Tensor, plan: _LevelPlan, out: Tensor) -> Tensor:  # (L, N) each
@@ -96,18 +93,18 @@ def _corner_xy(tx: Tensor, ty: Tensor, plan: _LevelPlan, out: Tensor) -> Tensor:
 
 
 def _corners(wx: Tensor, wy: Tensor, wz: Tensor, tx: Tensor, ty: Tensor, tz: Tensor, plan: _LevelPlan):
-    """Yield ``(a, b, c, wab, w, lin)`` for the 8 corners: bits, x-y weight, weight, flat index.
+    """Yield ``(a, b, c, wab, w, row)`` for the 8 corners: bits, x-y weight, weight, table row.
 
-    The yielded tensors are reused buffers of shape ``(L, N)`` (``lin`` flattened), overwritten by
+    The yielded tensors are reused buffers of shape ``(L, N)`` (``row`` flattened), overwritten by
     the next corner; nothing here needs gradients (the callers' differentiable path builds its own).
     """
-    wab, w, lab, lin = torch.empty_like(wx[0]), torch.empty_like(wx[0]), torch.empty_like(tx[0]), torch.empty_like(tx[0])
+    wab, w, lab, row = torch.empty_like(wx[0]), torch.empty_like(wx[0]), torch.empty_like(tx[0]), torch.empty_like(tx[0])
     for a, b in itertools.product((0, 1), repeat=2):
         torch.mul(wx[a], wy[b], out=wab)
         _corner_xy(tx[a], ty[b], plan, lab)
         for c in (0, 1):
             torch.mul(wab, wz[c], out=w)
-            yield a, b, c, wab, w, _corner_lin(lab, tz[c], plan, lin).view(-1)
+            yield a, b, c, wab, w, _corner_row(lab, tz[c], plan, row).view(-1)
 
 
 class _HashInterp(torch.autograd.Function):
@@ -118,10 +115,10 @@ class _HashInterp(torch.autograd.Function):
     table indices are formed one corner at a time into reused ``(L, N)`` buffers, in the forward
     and again in the backward, so nothing of size 8 x L x N is ever stored and the loop allocates
     almost nothing: on CPU, fresh large temporaries (pages to fault in) cost more than the
-    arithmetic, which is what made the reference slow; on GPU it saves memory. The index is
-    ``row * F`` into the flattened table, so feature ``f`` of a corner is one 1-D ``index_select``
-    from the view ``table.view(-1)[f:]`` and its gradient one 1-D ``index_add_`` into the same
-    view of a flattened gradient buffer. The same ops run on CUDA.
+    arithmetic, which is what made the reference slow; on GPU it saves memory. Feature ``f`` of a
+    corner is one 1-D ``index_select`` at ``row * F`` from the view ``table.view(-1)[f:]``, and its
+    gradient one 1-D ``index_add_`` at ``row`` into the column ``grad[:, f]`` (on CPU, faster than
+    into the flat view once the table outgrows the caches). The same ops run on CUDA.
 
     Double backward (autograd normals with ``create_graph``): the backward then takes a slower
     path of differentiable ops, ``_backward_differentiable``.
@@ -132,12 +129,17 @@ class _HashInterp(torch.autograd.Function):
         n_feat = table.shape[1]
         flat = table.reshape(-1)  # (P*F,) a view of the contiguous table
         _, n_levels, n = wx.shape
-        out = torch.zeros(n_levels, n_feat, n, dtype=table.dtype, device=table.device)
+        out = torch.empty(n_levels, n_feat, n, dtype=table.dtype, device=table.device)
         vals = torch.empty(n_levels, n, dtype=table.dtype, device=table.device)  # one corner's feature
-        for _, _, _, _, w, lin in _corners(wx, wy, wz, tx, ty, tz, plan):
+        lin = torch.empty(n_levels * n, dtype=tx.dtype, device=tx.device)  # its flat-table index
+        for a, b, c, _, w, row in _corners(wx, wy, wz, tx, ty, tz, plan):
+            torch.mul(row, n_feat, out=lin)
             for f in range(n_feat):
                 torch.index_select(flat[f:], 0, lin, out=vals.view(-1))
-                out[:, f].addcmul_(w, vals)
+                if a == b == c == 0:
+                    torch.mul(w, vals, out=out[:, f])
+                else:
+                    out[:, f].addcmul_(w, vals)
         ctx.plan = plan
         ctx.save_for_backward(table, wx, wy, wz, tx, ty, tz)
         return out
@@ -151,15 +153,17 @@ class _HashInterp(torch.autograd.Function):
         g = grad_out.contiguous()
         want_table, want_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:4])
         flat = table.reshape(-1)
-        grad_flat = torch.zeros(table.numel(), dtype=g.dtype, device=g.device) if want_table else None
+        grad_table = torch.zeros_like(table) if want_table else None  # (P, F)
         grad_w = torch.zeros(3, 2, *wx.shape[1:], dtype=g.dtype, device=g.device) if want_w else None
         src, dot = torch.empty_like(wx[0]), torch.empty_like(wx[0])  # (L, N) buffers
-        for a, b, c, wab, w, lin in _corners(wx, wy, wz, tx, ty, tz, plan):
+        lin = torch.empty_like(tx[0]).view(-1)
+        for a, b, c, wab, w, row in _corners(wx, wy, wz, tx, ty, tz, plan):
             if want_table:  # d out / d table[row, f] = the corner's weight: scatter weight x gradient
                 for f in range(n_feat):
                     torch.mul(w, g[:, f], out=src)
-                    grad_flat[f:].index_add_(0, lin, src.view(-1))
+                    grad_table[:, f].index_add_(0, row, src.view(-1))
             if want_w:  # d out / d w_d[bit]: (the corner's features . gradient) x the other two weights
+                torch.mul(row, n_feat, out=lin)
                 dot.zero_()
                 for f in range(n_feat):
                     torch.index_select(flat[f:], 0, lin, out=src.view(-1))
@@ -168,7 +172,6 @@ class _HashInterp(torch.autograd.Function):
                 dot.mul_(wz[c])
                 grad_w[0, a].addcmul_(wy[b], dot)
                 grad_w[1, b].addcmul_(wx[a], dot)
-        grad_table = grad_flat.view_as(table) if want_table else None
         gx, gy, gz = (None, None, None) if grad_w is None else grad_w
         return grad_table, gx, gy, gz, None, None, None, None
 
@@ -186,7 +189,7 @@ def _backward_differentiable(ctx, grad_out, table, wx, wy, wz, tx, ty, tz):
         wab = wx[a] * wy[b]
         lab = _corner_xy(tx[a], ty[b], plan, torch.empty_like(tx[0]))
         for c in (0, 1):
-            lin = _corner_lin(lab, tz[c], plan, torch.empty_like(lab)).view(-1)
+            lin = _corner_row(lab, tz[c], plan, torch.empty_like(lab)).view(-1) * n_feat  # flat index
             if want_table:
                 w = wab * wz[c]
                 index += [lin + f for f in range(n_feat)]
@@ -241,27 +244,31 @@ def hash_grid_torch(
     cell = torch.floor(pos)
     frac = pos - cell  # (3, L, N)
 
-    # 2. linear weights of the near (bit 0) and far (bit 1) vertex, (1 - frac, frac), in one op
-    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=device).view(2, 1, 1)
-    base = torch.tensor([1.0, 0.0], dtype=x.dtype, device=device).view(2, 1, 1)
-    w = torch.addcmul(base, frac[:, None], sign)  # (3, 2, L, N)
+    # 2. linear weights of the near (bit 0) and far (bit 1) vertex: (1 - frac, frac)
+    w = torch.stack([1.0 - frac, frac], dim=1)  # (3, 2, L, N)
 
-    # 3. index terms of the near and far vertex per dimension, (3, 2, L, N)
+    # 3. index terms of the near and far vertex per dimension, (3, 2, L, N). Hashed levels have 2^k
+    #    rows, so (c * prime) & (2^k - 1) = (c * (prime & (2^k - 1))) & (2^k - 1): with the prime
+    #    reduced, the products fit in int32 (several times faster than int64 on CPU) unless
+    #    (resolution + 1) * 2^k reaches 2^31; then they are formed in int64
     t = torch.empty(3, 2, n_levels, n, dtype=index_dtype, device=device)
     groups = []
     if nd > 0:
-        res = per_level(layout.resolutions[:nd])
-        groups.append((slice(0, nd), [res**d for d in range(3)], None))
+        groups.append((slice(0, nd), [[r**d for r in layout.resolutions[:nd]] for d in range(3)], None))
     if nd < n_levels:
-        groups.append((slice(nd, n_levels), list(HASH_PRIMES), per_level([r - 1 for r in rows[nd:]])))
-    for levels, factors, mask in groups:
+        masks = [r - 1 for r in rows[nd:]]
+        groups.append((slice(nd, n_levels), [[p & m for m in masks] for p in HASH_PRIMES], masks))
+    for levels, factors, masks in groups:
+        largest = max(layout.resolutions[levels]) * max(max(f) for f in factors)
+        term_dtype = torch.int32 if largest < 2**31 and index_dtype == torch.int32 else torch.int64
+        mask = None if masks is None else per_level(masks, term_dtype)
         for d in range(3):
-            term = cell[d, levels].long().mul_(factors[d])  # (L', N) int64: hashes need 64-bit products
-            step = factors[d]  # far vertex: the near term plus one factor (masked: (a + b) & m = ((a & m) + b) & m)
+            factor = per_level(factors[d], term_dtype)
+            term = cell[d, levels].to(term_dtype).mul_(factor)  # (L', N) the near vertex's term
             if mask is not None:
                 term.bitwise_and_(mask)
             t[d, 0, levels] = term
-            term.add_(step)
+            term.add_(factor)  # the far vertex: one factor more ((a + b) & m = ((a & m) + b) & m)
             if mask is not None:
                 term.bitwise_and_(mask)
             t[d, 1, levels] = term

@@ -112,6 +112,7 @@ def test_hash_grid_gradients_reach_table_and_positions():
     (3, 12, 2, 8, 2),  # dense levels only
     (4, 6, 8, 64, 1),  # hashed levels only, one feature
     (5, 9, 4, 64, 3),  # three features (the flat index is row * 3)
+    (3, 12, 16, 4_000_000, 2),  # resolution x 2^k past 2^31: the hash products in int64
 ])
 def test_hash_grid_matches_the_reference_implementation_values_and_gradients(levels, log2_rows, base, finest, features):
     layout = hash_grid_layout(levels, log2_rows, base, math.exp(math.log(finest / base) / (levels - 1)))
