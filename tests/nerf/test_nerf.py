@@ -391,6 +391,27 @@ def test_chunking_jitter_and_normals():
     assert field.training  # render_views restores the mode
 
 
+@pytest.mark.parametrize("shading", ["albedo", "lambertian"])
+def test_renders_and_their_gradients_match_the_reference_hash_grid(shading):
+    # the whole render (field, normals, compositing) over the current grid and over the reference one
+    fields = [_small_field(encoding_implementation=impl) for impl in ("torch", "torch_reference")]
+    with torch.no_grad():
+        fields[0].encoding.table.normal_(0.0, 0.5)
+    fields[1].load_state_dict(fields[0].state_dict())
+    cams = orbit_cameras(2, 20.0, 2.5, 45.0, 12)
+    outs, grads = [], []
+    for field in fields:
+        out = render_image(field, cams, n_samples=16, jitter=True, shading=shading,
+                           generator=torch.Generator().manual_seed(0))
+        (out.rgb.square().sum() + out.opacity.sum()).backward()
+        outs.append(out)
+        grads.append([p.grad for p in field.parameters()])
+    torch.testing.assert_close(outs[0].rgb, outs[1].rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0].depth, outs[1].depth, atol=1e-5, rtol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()) + 1e-7, rtol=1e-4)
+
+
 # ---- losses ---------------------------------------------------------------------------------
 
 
