@@ -59,7 +59,7 @@ def hash_grid_layout(
 
 @dataclass(frozen=True)
 class _LevelPlan:
-    """What the per-corner index needs beyond the per-dimension terms (see ``_corner_lin``)."""
+    """What the per-corner index needs beyond the per-dimension terms (see ``_corner_row``)."""
 
     n_dense: int  # dense levels come first
     n_feat: int  # features per level F
