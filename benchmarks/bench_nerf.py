@@ -1,12 +1,17 @@
-"""NeRF-side figures, printed (not a timed test):
+"""NeRF-side figures, printed (not a timed test); the previous pure-torch hash grid
+(``encoding="torch_reference"``) beside the current one (``"torch"``) wherever both run, in the same
+process, interleaved (old, new, old, new) and the better of the two tries kept:
 
-1. hash-grid throughput (points/s, forward and forward+backward): torch backend on the CPU; on a
-   CUDA machine torch vs tcnn (when tiny-cuda-nn is installed);
-2. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
+1. hash-grid throughput (points/s, forward and forward+backward) at the toy preset's grid (8 levels,
+   2^14 rows) and Instant-NGP's (16 levels, 2^19 rows); on a CUDA machine also torch vs tcnn;
+2. SDS NeRF steps/s of the ToyWorld toy preset (``backbone=toy preset=toy``: 32 px renders, 32
+   samples a ray) and the same at 64 px renders; shaded renders (forward + backward) with
+   finite-difference vs autograd normals;
+3. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
    a full-size SD-1.5-architecture UNet + VAE with random weights (speed does not depend on values);
-3. per-stage wall time of `db3d run` at the smoke preset, for each method.
+4. per-stage wall time of `db3d run` at the smoke preset, for each method.
 
-    python benchmarks/bench_nerf.py [--sds-steps 10] [--skip-run]
+    nice -n 10 python benchmarks/bench_nerf.py [--sds-steps 10] [--skip-run] [--skip-tiny] [--threads 1]
 """
 
 from __future__ import annotations
@@ -22,26 +27,7 @@ from pathlib import Path
 
 import torch
 
-
-def hash_grid(device: torch.device, implementation: str, n_points: int = 2**16, reps: int = 5) -> None:
-    from db3d.nerf import HashGridEncoding
-
-    enc = HashGridEncoding(n_levels=16, log2_hashmap_size=19, implementation=implementation, device=device)
-    x = torch.rand(n_points, 3, device=device)
-    for _ in range(2):
-        enc(x).sum().backward()
-    rates = {}
-    for name, backward in (("forward", False), ("forward+backward", True)):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            y = enc(x)
-            if backward:
-                y.float().sum().backward()
-        sync(device)
-        rates[name] = reps * n_points / (time.perf_counter() - start)
-    print(f"hash grid [{enc.implementation} on {device.type}] 16 levels, 2^19 rows: "
-          f"{rates['forward'] / 1e6:.2f} M points/s forward, {rates['forward+backward'] / 1e6:.2f} M points/s fwd+bwd")
+IMPLEMENTATIONS = ("torch_reference", "torch")  # old, new
 
 
 def sync(device: torch.device) -> None:
@@ -49,30 +35,151 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def sds_steps(kind: str, device: torch.device, steps: int, resolution: int = 64, n_samples: int = 32) -> None:
-    from db3d.core.config import BackboneConfig, NeRFConfig
-    from db3d.method.fit import SDSTerm, fit_nerf
+def _best_of(fns: dict, tries: int = 2) -> dict:
+    """{name: best seconds of `tries` calls}, the calls interleaved across names (old, new, old, new)."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(tries):
+        for name, fn in fns.items():
+            best[name] = min(best[name], fn())
+    return best
+
+
+def hash_grid(device: torch.device, implementations=IMPLEMENTATIONS, n_levels: int = 16, log2_rows: int = 19,
+              n_points: int = 2**16, reps: int = 5) -> None:
+    from db3d.nerf import HashGridEncoding
+
+    encs = {impl: HashGridEncoding(n_levels=n_levels, log2_hashmap_size=log2_rows, implementation=impl, device=device)
+            for impl in implementations}
+    x = torch.rand(n_points, 3, device=device)
+
+    def timed(enc, backward: bool):
+        def run() -> float:
+            enc(x).float().sum().backward()  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                y = enc(x)
+                if backward:
+                    y.float().sum().backward()
+            sync(device)
+            return (time.perf_counter() - start) / reps
+        return run
+
+    fwd = _best_of({impl: timed(enc, False) for impl, enc in encs.items()})
+    both = _best_of({impl: timed(enc, True) for impl, enc in encs.items()})
+    cells = [f"{encs[impl].implementation}: {n_points / fwd[impl] / 1e6:.2f} M points/s forward, "
+             f"{n_points / both[impl] / 1e6:.2f} M fwd+bwd" for impl in implementations]
+    first, last = implementations[0], implementations[-1]
+    ratio = f"; {last} fwd+bwd at {both[first] / both[last]:.2f}x the speed of {first}" if first != last else ""
+    print(f"hash grid on {device.type}, {n_levels} levels x 2^{log2_rows} rows, {n_points} points: "
+          + " | ".join(cells) + ratio, flush=True)
+
+
+def _fit_rate(device: torch.device, nerf, resolution: int, term, steps: int, tmp: Path, tag: str) -> float:
+    """SDS NeRF steps/s: a fit of 2 + steps steps minus a fit of 2 (the setup cancels)."""
+    from dataclasses import replace
+
+    from db3d.method.fit import fit_nerf
+
+    times = []
+    for n in (2, 2 + steps):
+        sync(device)
+        start = time.perf_counter()
+        fit_nerf(tmp / f"{tag}-{n}", "k", replace(nerf, steps=n), resolution, n, 0, device, sds=term)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    if times[1] - times[0] < 0.1 * times[1]:  # too few steps to tell them from the setup: the whole fit
+        return (2 + steps) / times[1]
+    return steps / (times[1] - times[0])
+
+
+def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
+    """SDS NeRF steps/s at the toy preset (its prior, 32 px) and at 64 px renders, old vs new grid."""
     from db3d.models.backbones import build_backbone
+    from db3d.core.config import compose
+    from db3d.method.fit import SDSTerm
+
+    cfg = compose(["backbone=toy", "preset=toy"])
+    device = torch.device("cpu")
+    bb = build_backbone(cfg.backbone)
+    s = cfg.sds
+    term = SDSTerm(backbone=bb, prompt="a red ball on a blue box", guidance_scale=s.guidance_scale, t_min=s.t_min,
+                   t_max=s.t_max, t_max_end=s.t_max_end, grad_clip=s.grad_clip, weight=cfg.method.lambda_sds)
+    for res in resolutions:
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {impl: (lambda impl=impl: 1.0 / _fit_rate(device, _with_encoding(cfg.nerf, impl), res, term, steps,
+                                                            Path(tmp), f"{impl}-{res}-{time.monotonic_ns()}"))
+                   for impl in IMPLEMENTATIONS}
+            best = _best_of(fns)
+        cells = " | ".join(f"{impl}: {1.0 / best[impl]:.2f} steps/s ({best[impl] * 1e3:.0f} ms/step)"
+                           for impl in IMPLEMENTATIONS)
+        print(f"SDS NeRF [toy preset, toy prior on cpu, {torch.get_num_threads()} threads] {res} px renders, "
+              f"{cfg.nerf.n_samples} samples/ray, {cfg.nerf.batch_views} views: {cells}; "
+              f"torch at {best[IMPLEMENTATIONS[0]] / best[IMPLEMENTATIONS[-1]]:.2f}x the speed", flush=True)
+
+
+def _with_encoding(nerf, impl: str):
+    from dataclasses import replace
+
+    return replace(nerf, encoding=impl)
+
+
+def shaded_renders(reps: int = 3) -> None:
+    """Forward + backward of a Lambertian render (toy preset field, 32 px, 2 views): FD vs autograd normals."""
+    from db3d.core.cameras import sample_random_cameras
+    from db3d.core.config import compose
+    from db3d.method.fit import field_config
+    from db3d.nerf import NeRFField, render_image
+
+    nerf = compose(["backbone=toy", "preset=toy"]).nerf
+    gen = torch.Generator().manual_seed(0)
+    cams = sample_random_cameras(2, 32, tuple(nerf.elevation_range), tuple(nerf.distance_range),
+                                 tuple(nerf.fov_range), gen)
+    fns = {}
+    for impl in IMPLEMENTATIONS:
+        for normals in ("finite_difference", "autograd"):
+            cfg = field_config(_with_encoding(nerf, impl))
+            cfg.normals = normals
+            torch.manual_seed(0)
+            field = NeRFField(cfg)
+            field.train()
+
+            def run(field=field) -> float:
+                start = time.perf_counter()
+                for _ in range(reps):
+                    out = render_image(field, cams, n_samples=nerf.n_samples, jitter=True, shading="lambertian",
+                                       generator=gen)
+                    out.rgb.sum().backward()
+                return (time.perf_counter() - start) / reps
+            fns[(impl, normals)] = run
+    best = _best_of(fns)
+    cells = " | ".join(f"{impl}, {normals} normals: {best[(impl, normals)] * 1e3:.0f} ms"
+                       for impl, normals in fns)
+    print(f"shaded render fwd+bwd [toy preset field, 32 px, 2 views, {nerf.n_samples} samples/ray]: {cells}",
+          flush=True)
+
+
+def sds_steps(kind: str, device: torch.device, steps: int, resolution: int = 64, n_samples: int = 32,
+              implementations=("torch",)) -> None:
+    from db3d.models.backbones import build_backbone
+    from db3d.core.config import BackboneConfig, NeRFConfig
+    from db3d.method.fit import SDSTerm
 
     bb = build_backbone(BackboneConfig(kind=kind, device=device.type)) if kind.startswith("tiny") else kind_gpu_sd(device)
-    nerf = NeRFConfig(steps=steps, n_samples=n_samples, log2_hashmap_size=16, checkpoint_every=0)
     term = SDSTerm(backbone=bb, prompt="a sks toy", guidance_scale=100.0, t_min=0.02, t_max=0.98)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        # one warm-up step in its own folder, then the timed run
-        fit_nerf(Path(tmp) / "warm", "w", NeRFConfig(steps=1, n_samples=n_samples, log2_hashmap_size=16), resolution,
-                 1, 0, device, sds=term)
-        sync(device)
-        start = time.perf_counter()
-        fit_nerf(Path(tmp) / "run", "r", nerf, resolution, steps, 0, device, sds=term)
-        sync(device)
-        rate = steps / (time.perf_counter() - start)
+        fns = {impl: (lambda impl=impl: 1.0 / _fit_rate(
+            device, NeRFConfig(n_samples=n_samples, log2_hashmap_size=16, checkpoint_every=0, encoding=impl),
+            resolution, term, steps, Path(tmp), f"{impl}-{time.monotonic_ns()}")) for impl in implementations}
+        best = _best_of(fns, tries=1)
     mem = (f"peak GPU {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda"
            else f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     name = kind if kind.startswith("tiny") else "SD-1.5 architecture (random weights), 512 px to the VAE"
-    print(f"SDS NeRF [{name} on {device.type}] {resolution} px renders, {n_samples} samples/ray: "
-          f"{rate:.2f} steps/s, {mem}")
+    cells = " | ".join(f"{impl}: {1.0 / best[impl]:.2f} steps/s" for impl in implementations)
+    print(f"SDS NeRF [{name} on {device.type}] {resolution} px renders, {n_samples} samples/ray: {cells}, {mem}",
+          flush=True)
 
 
 def kind_gpu_sd(device: torch.device):
@@ -110,17 +217,28 @@ def db3d_run_stages() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sds-steps", type=int, default=10)
-    parser.add_argument("--skip-run", action="store_true")
+    parser.add_argument("--skip-run", action="store_true", help="skip the db3d run smoke stages (4.)")
+    parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny-sd / tiny-if figures (3.)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default). On a machine shared with other work, 1: "
+                             "with every core busy, 2 threads spend their time waiting for each other")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    hash_grid(cpu, "torch")
-    for kind in ("tiny-sd", "tiny-if"):
-        sds_steps(kind, cpu, args.sds_steps)
+    hash_grid(cpu, n_levels=8, log2_rows=14)  # the toy preset's grid
+    hash_grid(cpu, n_levels=8, log2_rows=14, n_points=2**18)  # its sample count at 64 px renders
+    hash_grid(cpu)  # Instant-NGP's
+    toy_sds_steps(args.sds_steps)
+    shaded_renders()
+    if not args.skip_tiny:
+        for kind in ("tiny-sd", "tiny-if"):
+            sds_steps(kind, cpu, args.sds_steps, implementations=IMPLEMENTATIONS)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
-        hash_grid(gpu, "torch")
-        hash_grid(gpu, "tcnn")  # warns and falls back to torch when tiny-cuda-nn is missing
+        hash_grid(gpu, n_points=2**18)
+        hash_grid(gpu, implementations=("torch", "tcnn"), n_points=2**18)  # tcnn warns and falls back when missing
         sds_steps("sd", gpu, max(args.sds_steps, 20))
     else:
         print("no CUDA device: GPU figures (torch vs tcnn, full-size SD-1.5) skipped")

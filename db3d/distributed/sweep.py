@@ -17,12 +17,15 @@ stages without a shared file system (artifact_store.py; work= must be the same p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from db3d.core.config import ConfigError, compose, quote
+from db3d.core.progress import PROGRESS_DIR_ENV
 
 from .artifact_store import start_locks
 from .local_ray import LOOPBACK, host_problem, start_local_ray
@@ -67,35 +70,127 @@ def _param_space(spec, points, sweep: dict) -> dict:
 
 
 class _Progress:
-    """A Tune callback printing trials done / running / failed and an ETA."""
+    """The sweep's progress line: trials done / running / failed, an ETA, and each running trial's
+    stage and step (from the records its worker's progress bars write, db3d/progress.py).
 
-    def __init__(self, total: int):
-        from ray.tune import Callback
+    Printed on every trial start, completion and error, and at least every ``every_s`` seconds in
+    between: Tune calls ``on_step_end`` about every 0.1 s, and ``tick`` prints when the last line is
+    ``every_s`` old. Trial states are kept across the sweep's Tuners (one per grid point with
+    Optuna), keyed by ``group`` (the Tuner's name) and Tune's trial id. Tune calls
+    ``on_trial_start`` / ``on_trial_complete`` / ``on_trial_error`` before it sets the trial's new
+    status, so the event's own trial is counted with the status the event means.
+    """
 
-        outer = self
+    def __init__(self, total: int, progress_dir: Path | None = None, every_s: float = 10.0,
+                 clock=time.time, out=None):
+        self.total, self.progress_dir, self.every_s, self.clock = total, progress_dir, every_s, clock
+        self.out = out or (lambda line: print(line, flush=True))
+        self.start = clock()
+        self.last_line = float("-inf")
+        self.group = ""  # the Tuner now running (sweep.py sets it)
+        self.trials: dict[tuple[str, str], tuple[str, str]] = {}  # (group, Tune id) -> (status, db3d trial id)
+        self._callback = None
 
-        class _CB(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                outer.report(trials)
+    @property
+    def callback(self):
+        """The Tune callback feeding this object (built on first use: Ray is imported then)."""
+        if self._callback is None:
+            from ray.tune import Callback
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                outer.report(trials)
+            outer = self
 
-            def on_trial_start(self, iteration, trials, trial, **info):
-                outer.report(trials)
+            class _CB(Callback):
+                def on_trial_start(self, iteration, trials, trial, **info):
+                    outer.event(trials, trial, "RUNNING")
 
-        self.callback, self.total, self.start = _CB(), total, time.time()
+                def on_trial_complete(self, iteration, trials, trial, **info):
+                    outer.event(trials, trial, "TERMINATED")
 
-    def report(self, trials) -> None:
-        done = sum(t.status == "TERMINATED" for t in trials)
-        failed = sum(t.status == "ERROR" for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
-        elapsed = time.time() - self.start
-        finished = done + failed
-        # time per finished trial x trials left; unknown until one has finished
-        eta = f"{elapsed / finished * (self.total - finished):.0f}s" if finished else "after the first trial"
-        print(f"[db3d sweep] {done}/{self.total} done, {running} running, {failed} failed, "
-              f"elapsed {elapsed:.0f}s, ETA {eta}", flush=True)
+                def on_trial_error(self, iteration, trials, trial, **info):
+                    outer.event(trials, trial, "ERROR")
+
+                def on_step_end(self, iteration, trials, **info):
+                    outer.observe(trials)
+                    outer.tick()
+
+            self._callback = _CB()
+        return self._callback
+
+    def observe(self, trials, trial=None, status: str | None = None) -> None:
+        """Record every trial's status (``trial``: the one an event is about, with ``status``)."""
+        for t in trials:
+            key = (self.group, str(t.trial_id))
+            self.trials[key] = (status if t is trial else str(t.status), _trial_key(t))
+
+    def event(self, trials, trial, status: str) -> None:
+        self.observe(trials, trial, status)
+        self.report()
+
+    def tick(self) -> None:
+        if self.clock() - self.last_line >= self.every_s:
+            self.report()
+
+    def report(self) -> None:
+        from db3d.core.progress import read_records
+
+        now = self.clock()
+        records = read_records(self.progress_dir) if self.progress_dir is not None else []
+        self.out(progress_line(self.trials, records, self.total, now - self.start, now))
+        self.last_line = now
+
+
+def _trial_key(trial) -> str:
+    """db3d's trial id (results, folders) of a Tune trial, or "" when its config has no point."""
+    config = getattr(trial, "config", None) or {}
+    if "point" not in config:
+        return ""
+    from .trial import trial_config
+
+    return trial_config(config)[1]
+
+
+def progress_line(trials: dict, records: list[dict], total: int, elapsed: float, now: float) -> str:
+    """``[db3d sweep] 2/12 done, 2 running, 0 failed, elapsed 95s, ETA 475s | <trial>: <stage> <step>/<total>
+    (<age>s ago); ...`` from the trials' statuses and the workers' progress records.
+
+    trials: (group, Tune trial id) -> (status, db3d trial id). A record belongs to a running trial
+    when its "trial" is the Tune trial id or names the db3d trial id (a Ray Train run's name does);
+    the newest one is shown. A closed record shows as "after <stage>" (the trial is between loops).
+    """
+    statuses = [status for status, _ in trials.values()]
+    done, failed, running = (sum(s == k for s in statuses) for k in ("TERMINATED", "ERROR", "RUNNING"))
+    finished = done + failed
+    # time per finished trial x trials left; unknown until one has finished
+    eta = f"{elapsed / finished * (total - finished):.0f}s" if finished else "after the first trial"
+    line = f"[db3d sweep] {done}/{total} done, {running} running, {failed} failed, elapsed {elapsed:.0f}s, ETA {eta}"
+    parts = []
+    for (_, tune_id), (status, key) in sorted(trials.items()):
+        if status != "RUNNING":
+            continue
+        mine = [r for r in records if r.get("trial") == tune_id or (key and key in str(r.get("trial", "")))]
+        name = key or tune_id
+        if not mine:
+            parts.append(f"{name}: starting")
+            continue
+        r = max(mine, key=lambda r: r.get("time", 0.0))
+        step = f"{r.get('step', 0)}/{r['total']}" if r.get("total") else f"{r.get('step', 0)}"
+        where = f"after {r.get('stage', '?')}" if r.get("closed") else f"{r.get('stage', '?')}"
+        parts.append(f"{name}: {where} {step} ({max(0.0, now - r.get('time', now)):.0f}s ago)")
+    return line + (" | " + "; ".join(parts) if parts else "")
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """Set one environment variable for the duration of the block (restored after)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def tune_setup(spec, sweep: dict, concurrent: int | None = None) -> tuple:
@@ -239,13 +334,18 @@ def run_sweep(argv: list[str]) -> int:
           f"{', work folder ' + str(out) if uri else ''}"
           f"{f', {metric} ({mode})' if spec.scheduler or spec.search_alg == 'optuna' else ''})", flush=True)
 
-    # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray on loopback (host= to open it)
+    # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray on loopback (host= to open it); the
+    #    workers get the folder for their progress records (db3d/progress.py; the driver reads it, so
+    #    on a cluster only the workers on a file system shared with the driver show their stage)
+    progress_dir = out / "progress"
+    shutil.rmtree(progress_dir, ignore_errors=True)  # an earlier run's records
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+            ray.init(runtime_env={"env_vars": {PROGRESS_DIR_ENV: str(progress_dir)}})
         else:
-            node_ip = start_local_ray(opts.get("host", LOOPBACK),
-                                      num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None)
+            with _environ(PROGRESS_DIR_ENV, str(progress_dir)):  # the local raylet's workers inherit it
+                node_ip = start_local_ray(opts.get("host", LOOPBACK),
+                                          num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None)
             print(f"[db3d sweep] local Ray on {node_ip}", flush=True)
 
     # artifacts in an object store: the lock actor, owned by this driver for the sweep's lifetime
@@ -257,12 +357,13 @@ def run_sweep(argv: list[str]) -> int:
     if sweep["trainer"] == "ray_train":  # the TorchTrainer's worker takes the GPU, the trial a CPU
         trial_resources = {"cpu": 1}
     trainable = tune.with_resources(run_trial, trial_resources)
-    progress = _Progress(n_trials)
+    progress = _Progress(n_trials, progress_dir)
     # a trial whose last NeRF stage was already computed (reuse) reports no intermediate loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     groups = [(spec.name, points)] if spec.search_alg == "random" else \
         [(f"{spec.name}-{p.id}", [p]) for p in points]
     for name, group in groups:
+        progress.group = name
         _fit_one(tune, trainable, spec, group, sweep, out / "ray", name, opts, progress)
 
     del locks  # held until every trial is done (a named actor without handles is collected)

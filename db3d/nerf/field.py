@@ -39,8 +39,9 @@ class FieldConfig:
     # coarsest grid resolution N_min (Instant-NGP, Magic3D: 16)
     max_resolution: int = 2048
     # finest grid resolution N_max over the bounding cube (stable-dreamfusion: 2048 * bound)
-    encoding_implementation: Literal["torch", "tcnn"] = "torch"
-    # hash-grid backend: "tcnn" when tiny-cuda-nn is installed and the device is CUDA
+    encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = "torch"
+    # hash-grid backend: "tcnn" when tiny-cuda-nn is installed and the device is CUDA;
+    # "torch_reference" is the previous, slower torch code (same values), for tests and benchmarks
     hidden_dim: int = 64
     # width of the density/albedo MLP (stable-dreamfusion: 64)
     n_hidden_layers: int = 2
@@ -94,13 +95,17 @@ def frequency_encoding(x: Tensor, n_frequencies: int) -> Tensor:  # (N, D) -> (N
     return torch.cat([x, torch.sin(xf), torch.cos(xf)], dim=-1)
 
 
-def density_blob(x: Tensor, scale: float, radius: float, kind: str = "linear") -> Tensor:  # (N, 3) -> (N,)
+def density_blob(x: Tensor, scale: float, radius: float, kind: str = "linear",
+                 r2: Tensor | None = None) -> Tensor:  # (N, 3) -> (N,)
     """Density pre-activation bias centred at the origin.
 
     ``linear``:   ``scale * (1 - |x| / radius)``  (DreamFusion; negative beyond ``radius``)
     ``gaussian``: ``scale * exp(-|x|^2 / (2 radius^2))``  (never negative)
+
+    ``r2``: ``|x|^2`` when the caller has it already.
     """
-    r2 = (x * x).sum(-1)
+    if r2 is None:
+        r2 = (x * x).sum(-1)
     if kind == "linear":
         return scale * (1.0 - torch.sqrt(r2 + 1e-12) / radius)
     if kind == "gaussian":
@@ -160,12 +165,13 @@ class NeRFField(nn.Module):
         cfg = self.config
         r = cfg.bound_radius
         h = self.mlp(self.encoding((x / r + 1.0) * 0.5))  # (N, 1+C); cube [-r, r]^3 -> [0, 1]^3
-        pre = h[:, 0] + density_blob(x, cfg.density_blob_scale, cfg.density_blob_radius, cfg.density_blob)
+        r2 = (x * x).sum(-1)  # (N,) for the blob and the sphere test
+        pre = h[:, 0] + density_blob(x, cfg.density_blob_scale, cfg.density_blob_radius, cfg.density_blob, r2)
         if cfg.density_activation == "exp":
             density = torch.exp(pre.clamp(max=15.0))  # truncated exp: no overflow
         else:
             density = nn.functional.softplus(pre)
-        inside = (x * x).sum(-1) <= r * r
+        inside = r2 <= r * r
         return torch.where(inside, density, torch.zeros_like(density)), h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:  # (N, 3) -> (N,)

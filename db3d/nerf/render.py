@@ -183,6 +183,9 @@ def render_rays(
 
 
 def _cat_renders(parts: list[RayRender]) -> RayRender:
+    if len(parts) == 1:  # one chunk (every training render of the toy preset): nothing to copy
+        return parts[0]
+
     def cat(name):
         vals = [getattr(p, name) for p in parts]
         return None if vals[0] is None else torch.cat(vals, 0)

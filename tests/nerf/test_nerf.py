@@ -17,6 +17,7 @@ from db3d.nerf.encoding import (
     HashGridEncoding,
     hash_grid_layout,
     hash_grid_torch,
+    hash_grid_torch_reference,
 )
 from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField
 from db3d.nerf.losses import (
@@ -104,6 +105,67 @@ def test_hash_grid_gradients_reach_table_and_positions():
     fn = lambda a, b: hash_grid_torch(a, b, small)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (xd, td))
     assert torch.autograd.gradgradcheck(fn, (xd, td))
+
+
+@pytest.mark.parametrize("levels, log2_rows, base, finest, features", [
+    (6, 10, 4, 96, 2),  # dense and hashed levels
+    (3, 12, 2, 8, 2),  # dense levels only
+    (4, 6, 8, 64, 1),  # hashed levels only, one feature
+    (5, 9, 4, 64, 3),  # three features (the flat index is row * 3)
+    (3, 12, 16, 4_000_000, 2),  # resolution x 2^k past 2^31: the hash products in int64
+])
+def test_hash_grid_matches_the_reference_implementation_values_and_gradients(levels, log2_rows, base, finest, features):
+    layout = hash_grid_layout(levels, log2_rows, base, math.exp(math.log(finest / base) / (levels - 1)))
+    gen = torch.Generator().manual_seed(levels)
+    x = torch.rand(700, 3, generator=gen, dtype=torch.float64)
+    x[:30] = torch.randint(0, 2, (30, 3), generator=gen).double()  # cube corners: the far faces wrap
+    x[30:40] = x[30:40] * 1.4 - 0.2  # outside [0, 1]: clamped
+    x.requires_grad_(True)
+    table = torch.randn(layout.offsets[-1], features, generator=gen, dtype=torch.float64, requires_grad=True)
+    new, ref = hash_grid_torch(x, table, layout), hash_grid_torch_reference(x, table, layout)
+    assert new.shape == ref.shape == (700, levels * features)
+    torch.testing.assert_close(new, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn(new.shape, generator=gen, dtype=torch.float64)
+    new_grads = torch.autograd.grad(new, (table, x), g)
+    ref_grads = torch.autograd.grad(ref, (table, x), g)
+    for a, b in zip(new_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    # float32, as training runs: the same to float rounding
+    x32, t32 = x.detach().float().requires_grad_(True), table.detach().float().requires_grad_(True)
+    new32, ref32 = hash_grid_torch(x32, t32, layout), hash_grid_torch_reference(x32, t32, layout)
+    torch.testing.assert_close(new32, ref32, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(new32, (t32, x32), g.float()), torch.autograd.grad(ref32, (t32, x32), g.float())):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+
+
+def test_hash_grid_double_backward_matches_the_reference():
+    # autograd normals with create_graph: d/dtable of a loss on d(features)/dx
+    layout = hash_grid_layout(4, 8, 4, 2.0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(200, 3, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (hash_grid_torch, hash_grid_torch_reference):
+        table = torch.randn(layout.offsets[-1], 2, generator=torch.Generator().manual_seed(4),
+                            dtype=torch.float64, requires_grad=True)
+        xg = x.clone().requires_grad_(True)
+        (dx,) = torch.autograd.grad(fn(xg, table, layout).sin().sum(), xg, create_graph=True)
+        grads.append(torch.autograd.grad(dx.square().sum(), table)[0])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-9, rtol=1e-9)
+    xd = (torch.rand(6, 3, dtype=torch.float64, generator=gen) * 0.9 + 0.05).requires_grad_()
+    td = torch.randn(hash_grid_layout(2, 6, 2, 2.0).offsets[-1], 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, b: hash_grid_torch(a, b, hash_grid_layout(2, 6, 2, 2.0))  # noqa: E731  (3 features)
+    assert torch.autograd.gradcheck(fn, (xd, td)) and torch.autograd.gradgradcheck(fn, (xd, td))
+
+
+def test_reference_implementation_is_selectable_with_the_same_table():
+    fast = HashGridEncoding(n_levels=4, log2_hashmap_size=8, base_resolution=4, max_resolution=32)
+    ref = HashGridEncoding(n_levels=4, log2_hashmap_size=8, base_resolution=4, max_resolution=32,
+                           implementation="torch_reference")
+    assert ref.implementation == "torch_reference" and ref.table.shape == fast.table.shape
+    ref.load_state_dict(fast.state_dict())
+    x = torch.rand(100, 3)
+    torch.testing.assert_close(fast(x), ref(x), atol=1e-6, rtol=1e-5)
 
 
 def test_tcnn_request_falls_back_loudly_on_cpu():
@@ -327,6 +389,27 @@ def test_chunking_jitter_and_normals():
     views = render_views(field, cams, n_samples=8, shading="textureless")
     assert views.rays is None and views.rgb.shape == (2, 10, 10, 3) and not views.rgb.requires_grad
     assert field.training  # render_views restores the mode
+
+
+@pytest.mark.parametrize("shading", ["albedo", "lambertian"])
+def test_renders_and_their_gradients_match_the_reference_hash_grid(shading):
+    # the whole render (field, normals, compositing) over the current grid and over the reference one
+    fields = [_small_field(encoding_implementation=impl) for impl in ("torch", "torch_reference")]
+    with torch.no_grad():
+        fields[0].encoding.table.normal_(0.0, 0.5)
+    fields[1].load_state_dict(fields[0].state_dict())
+    cams = orbit_cameras(2, 20.0, 2.5, 45.0, 12)
+    outs, grads = [], []
+    for field in fields:
+        out = render_image(field, cams, n_samples=16, jitter=True, shading=shading,
+                           generator=torch.Generator().manual_seed(0))
+        (out.rgb.square().sum() + out.opacity.sum()).backward()
+        outs.append(out)
+        grads.append([p.grad for p in field.parameters()])
+    torch.testing.assert_close(outs[0].rgb, outs[1].rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0].depth, outs[1].depth, atol=1e-5, rtol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()) + 1e-7, rtol=1e-4)
 
 
 # ---- losses ---------------------------------------------------------------------------------
