@@ -20,6 +20,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis.stats import bootstrap_ci  # the report's bootstrap (trials resampled)
+from db3d.distributed.sink import read_results
+from db3d.distributed.spec import SWEEPS_DIR
+from db3d.distributed.sweep import main as sweep_main
+
 COLUMNS = (  # (row column, table heading, format)
     ("metric.toy.psnr.all", "PSNR all (dB)", "{:.2f}"),
     ("metric.toy.psnr.back", "PSNR back (dB)", "{:.2f}"),
@@ -32,8 +37,6 @@ COLUMNS = (  # (row column, table heading, format)
 
 def table(rows: pd.DataFrame) -> str:
     """A markdown table: one line per method, mean [95% CI] per column, over ok trials."""
-    from analysis.stats import bootstrap_ci  # the report's bootstrap (trials resampled)
-
     ok = rows[rows["status"] == "ok"].copy() if "status" in rows else rows.copy()
     if ok.empty or "metric.toy.psnr.all" not in ok:
         return "no scored trials (are the subjects ToyWorld subjects, and metrics.enabled true?)\n"
@@ -60,8 +63,6 @@ PAIRED = (("metric.toy.psnr.all", "PSNR all (dB)", "higher"), ("metric.toy.psnr.
 
 def paired(ok: pd.DataFrame, first: str = "dreambooth3d", second: str = "dreambooth_fusion") -> str:
     """Paired differences first - second over the trials (subject x prompt x seed) both methods ran."""
-    from analysis.stats import bootstrap_ci
-
     index = ["subject", "prompt", "seed"]
     a = ok[ok["method"] == first].set_index(index)
     b = ok[ok["method"] == second].set_index(index)
@@ -94,10 +95,6 @@ def per_subject(ok: pd.DataFrame) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from db3d.distributed.sink import read_results
-    from db3d.distributed.spec import SWEEPS_DIR
-    from db3d.distributed.sweep import main as sweep_main
-
     opts = {"out": "", "subjects": "8", "subjects_seed": "", "sweep": "toyworld"}
     passthrough = []
     for arg in argv:

@@ -6,10 +6,10 @@ import importlib
 import os
 import platform
 
+import torch
+
 
 def doctor() -> int:
-    import torch
-
     print(f"python        {platform.python_version()}")
     for name in ("torch", "torchvision", "diffusers", "transformers", "peft", "ray", "hydra", "open_clip", "pyarrow"):
         try:
@@ -24,7 +24,7 @@ def doctor() -> int:
     else:
         print("cuda          not available: CPU only (tiny backbones are fine; real ones will be slow)")
     try:
-        import tinycudann  # noqa: F401
+        import tinycudann  # noqa: F401  optional: CUDA builds only, the check itself
 
         print("tiny-cuda-nn  available (nerf encoding backend tcnn)")
     except Exception:

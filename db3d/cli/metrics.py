@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
+
+from db3d.core.config import RunConfig, validate
+from db3d.core.data import load_subject_images, resolve_subject
+from db3d.core.results import write_rows
 
 
 def _load_config(trial_out: Path, overrides: list[str]):
-    from omegaconf import OmegaConf
-
-    from db3d.core.config import RunConfig, validate
-
     base = OmegaConf.structured(RunConfig)
     merged = OmegaConf.merge(base, OmegaConf.load(trial_out / "config.yaml"), OmegaConf.from_dotlist(overrides))
     cfg = OmegaConf.to_object(merged)
@@ -28,10 +29,8 @@ def _load_config(trial_out: Path, overrides: list[str]):
 
 
 def recompute(results: Path, overrides: list[str]) -> int:
-    from db3d.core.data import load_subject_images, resolve_subject
-    from db3d.core.results import write_rows
-    from db3d.eval.evaluate import evaluate_nerf, load_models
-    from db3d.models.backbones import build_backbone
+    from db3d.eval.evaluate import evaluate_nerf, load_models  # heavy (torch): `db3d metrics --help` reads this module
+    from db3d.models.backbones import build_backbone  # heavy (torch): as above
 
     single = (results / "summary.parquet").exists()
     files = [results / "summary.parquet"] if single else sorted(results.glob("method=*/subject=*/part-*.parquet"))

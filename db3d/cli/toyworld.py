@@ -31,12 +31,12 @@ def _kv(argv: list[str], defaults: dict) -> tuple[dict, list[str]]:
 
 
 def samples_main(argv: list[str]) -> int:
-    import torch
+    import torch  # heavy (~1.5 s): `db3d toyworld --help` imports this module
 
-    from db3d.core.config import BackboneConfig
-    from db3d.export.media import save_grid
-    from db3d.models.backbones import build_backbone
-    from db3d.toyworld.world import enumerate_world
+    from db3d.core.config import BackboneConfig  # ~25 ms: as above
+    from db3d.export.media import save_grid  # heavy (torch): as above
+    from db3d.models.backbones import build_backbone  # heavy (torch): as above
+    from db3d.toyworld.world import enumerate_world  # heavy (torch): as above
 
     opts, rest = _kv(argv, {"model": "", "out": "toyworld_samples.png", "captions": 8, "n": 4, "guidance": 7.5,
                             "steps": 50, "seed": 0, "view": "front view"})
@@ -56,7 +56,7 @@ def samples_main(argv: list[str]) -> int:
 
 
 def subjects_main(argv: list[str]) -> int:
-    from db3d.toyworld.subjects import make_subjects
+    from db3d.toyworld.subjects import make_subjects  # heavy (torch): as in samples_main
 
     opts, rest = _kv(argv, {"out": "", "n": 8, "captures": 5, "seed": 1})
     if rest or not opts["out"]:
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "train-prior":
-            from db3d.toyworld.train_prior import main as train_main
+            from db3d.toyworld.train_prior import main as train_main  # heavy (torch, diffusers): only for this command
 
             return train_main(rest)
         if command == "samples":
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
         if command == "subjects":
             return subjects_main(rest)
         if command == "bench":
-            from db3d.cli.bench import main as bench_main
+            from db3d.cli.bench import main as bench_main  # heavy (pandas, scipy): only for this command
 
             return bench_main(rest)
     except (ValueError, FileNotFoundError) as err:

@@ -6,6 +6,9 @@ A sweep that changes only a late-stage field therefore finds every earlier artif
 
 Completed outputs are marked by a `done.json` written last and atomically (temp name, then
 rename), so a folder without it is an interrupted stage that may be resumed or redone.
+
+`atomic_path` / `atomic_write` are db3d's one way to write a file atomically (text, JSON, Parquet,
+torch states, images, videos, meshes): a hidden temp name in the same folder, then os.replace.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +38,53 @@ def content_key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the whole new one, never half."""
+@contextlib.contextmanager
+def atomic_path(path: Path, per_process: bool = True) -> Iterator[Path]:
+    """A hidden temp path beside `path` to write to; on a clean exit it replaces `path` (os.replace),
+    so readers see the old file or the whole new one, never half; on an error it is removed.
+
+    The temp name starts with '.' (pyarrow.dataset and the report skip such files) and keeps the
+    suffix, which some writers pick a format from (ffmpeg picks the container): by default
+    `dir/.name.<pid>.tmp.ext`, so concurrent writers of one path never share a temp file.
+    per_process=False drops the pid (`dir/.name.tmp.ext`), for a large file that one writer
+    rewrites again and again (a resume state): a write killed part way then leaves one temp file,
+    which the next write replaces, rather than one per process.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tag = f".{os.getpid()}" if per_process else ""
+    tmp = path.with_name(f".{path.stem}{tag}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed or interrupted write leaves nothing behind
+        raise
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write(path: Path, write: Callable[[Path], object], per_process: bool = True) -> Path:
+    """`write(tmp)` to a hidden temp path beside `path`, then os.replace it onto `path` (see atomic_path).
+
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """
+    with atomic_path(path, per_process) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` so readers see the old file or the whole new one, never half."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see atomic_path)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    """`obj` as indented, key-sorted JSON, written atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @contextlib.contextmanager

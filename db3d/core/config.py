@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from db3d.core.overrides import CONFIG_GROUPS, check_override_keys
+
 BackboneKind = Literal["tiny-sd", "tiny-if", "toy", "sd", "if"]
 DType = Literal["fp32", "fp16", "bf16"]
 MethodName = Literal["dreambooth3d", "dreambooth_fusion", "latent_nerf"]
@@ -468,7 +470,7 @@ def section_dict(obj) -> dict:
 
 def register_configs() -> None:
     """Register the schema with Hydra's ConfigStore as `run_schema` (used by conf/run.yaml)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # heavy (~0.2 s): only composing needs Hydra
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
@@ -479,12 +481,10 @@ def compose(overrides: list[str]) -> RunConfig:
     Unknown keys fail first, with the nearest valid key; wrong types in Hydra / OmegaConf (one
     line each); ranges and choices in validate().
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from db3d.core.overrides import CONFIG_GROUPS, check_override_keys
+    from hydra import compose as hydra_compose  # heavy (~0.2 s): only composing needs Hydra
+    from hydra import initialize_config_module  # heavy: as above
+    from hydra.core.global_hydra import GlobalHydra  # heavy: as above
+    from omegaconf import OmegaConf  # heavy (~0.1 s): as above
 
     problems = check_override_keys(list(overrides), sorted([*to_flat_dict(RunConfig()), *CONFIG_GROUPS]))
     if problems:
@@ -514,6 +514,6 @@ def quote(value: str) -> str:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # heavy (~0.1 s): only writing a config needs it
 
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

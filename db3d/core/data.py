@@ -322,7 +322,7 @@ def _square_resize(im: Image.Image, resolution: int) -> Image.Image:
 
 def load_subject_images(subject: Subject, resolution: int) -> tuple["Tensor", "Tensor"]:
     """images Float[N,3,R,R] in [0,1] (white background), masks Float[N,1,R,R] (1 = subject)."""
-    import torch
+    import torch  # heavy (~1.5 s): `db3d check-data` and sweep specs read subjects without torch
 
     images, masks = [], []
     for file in subject.files:

@@ -3,14 +3,14 @@ one (`nerf.stpes=10` -> "did you mean nerf.steps=10?"), where Hydra would advise
 
 from __future__ import annotations
 
+import difflib
+
 CONFIG_GROUPS = ("backbone", "method", "preset")  # folders of db3d/conf: `backbone=tiny-sd` picks a file
 
 
 def nearest_key(key: str, keys: list[str]) -> str | None:
     """The valid key a mistyped one most likely meant: the same last part under another section
     (`weights` -> `metrics.weights`), else the closest spelling (`nerf.stpes` -> `nerf.steps`)."""
-    import difflib
-
     section, _, last = key.rpartition(".")
     same_last = [k for k in keys if k.rsplit(".", 1)[-1] == last]
     if len(same_last) == 1:

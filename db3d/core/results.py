@@ -7,14 +7,15 @@ pyarrow.dataset ignores), then a rename.
 
 from __future__ import annotations
 
-import os
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from db3d.core.artifacts import RunResult, atomic_write_text
+from db3d.core.artifacts import RunResult, atomic_write, atomic_write_text
 from db3d.core.config import RunConfig, to_flat_dict, to_yaml
 
 MB = 2.0 ** 20
@@ -32,9 +33,6 @@ def _rss_peak_mb() -> tuple[float, bool]:
                     return float(line.split()[1]) * 1024 / MB, True
     except OSError:
         pass
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return float(peak) / (MB if sys.platform == "darwin" else 1024.0), False
 
@@ -45,7 +43,7 @@ def _reset_peaks() -> None:
             f.write("5")
     except OSError:
         pass  # not Linux, or not allowed: the peak then spans the process so far
-    import torch
+    import torch  # heavy: the sweep driver and the Parquet sink import this module without torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
@@ -144,12 +142,7 @@ def write_rows(rows: list[dict], path: Path) -> Path:
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
     """Write a table as one Parquet file: a temp name starting with '.', then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def reset_process_peaks() -> None:
@@ -159,7 +152,7 @@ def reset_process_peaks() -> None:
 
 def process_peaks() -> tuple[float, float | None]:
     """(peak RSS MiB, peak CUDA MiB or None) of this process since reset_process_peaks()."""
-    import torch
+    import torch  # heavy: the sweep driver and the Parquet sink import this module without torch
 
     rss, _ = _rss_peak_mb()
     cuda = torch.cuda.max_memory_allocated() / MB if torch.cuda.is_available() and torch.cuda.is_initialized() else None

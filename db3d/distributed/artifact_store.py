@@ -20,6 +20,7 @@ lost node) frees it LEASE_S seconds later, and a waiting or retried trial takes 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from db3d.core.artifacts import flock_lock
+from db3d.core.artifacts import atomic_write_bytes, flock_lock, set_lock_factory
 
 from .storage import join, split
 
@@ -82,11 +83,8 @@ def pull(folder: Path, uri: str) -> list[str]:
         target = Path(folder) / name
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.pull.tmp")
         with fs.open_input_stream(f"{root}/{name}") as stream:
-            tmp.write_bytes(stream.read())
-        tmp.replace(target)
+            atomic_write_bytes(target, stream.read())
         fetched.append(name)
     return fetched
 
@@ -128,7 +126,7 @@ def locks_name(uri: str) -> str:
 
 def start_locks(uri: str):
     """The sweep's ArtifactLocks actor (created by the driver, which owns it for the sweep)."""
-    import ray
+    import ray  # heavy (~0.5 s): `db3d sweep` imports this module before it needs Ray
 
     @ray.remote(num_cpus=0)
     class ArtifactLocks:
@@ -138,8 +136,6 @@ def start_locks(uri: str):
             self.leases = Leases()
 
         async def acquire(self, name: str, token: str) -> None:
-            import asyncio
-
             while not self.leases.try_acquire(name, token):
                 await asyncio.sleep(0.2)
 
@@ -155,7 +151,7 @@ def start_locks(uri: str):
 def remote_lock_factory(root: Path, uri: str):
     """artifact_lock's factory for a trial: folders under `root` synced with `uri` under the
     sweep's actor lock; any other folder (the class-image cache) keeps flock."""
-    import ray
+    import ray  # heavy: as in start_locks
 
     actor = ray.get_actor(locks_name(uri))
 
@@ -190,8 +186,6 @@ def remote_lock_factory(root: Path, uri: str):
 @contextlib.contextmanager
 def installed(sweep: dict):
     """While inside, artifact_lock syncs with the sweep's artifact URI (when it has one)."""
-    from db3d.core.artifacts import set_lock_factory
-
     uri = sweep.get("artifacts") if sweep.get("reuse", True) else ""
     if not uri:
         yield

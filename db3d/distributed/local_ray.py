@@ -91,10 +91,10 @@ def start_local_ray(host: str = LOOPBACK, num_cpus: int | None = None) -> str:
     if is_loopback(host):
         os.environ[LOCAL_ONLY_ENV] = "0"
         if "ray" in sys.modules:
-            from ray._private import ray_constants
+            from ray._private import ray_constants  # a top import would import ray before step 1
 
             ray_constants.ENABLE_RAY_CLUSTER = False
-    import ray
+    import ray  # after step 1: ray reads the switch when it is first imported
 
     # 2. the token file, private, before Ray would write it
     ensure_private_token()

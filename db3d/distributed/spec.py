@@ -137,7 +137,7 @@ def _subjects(spec: SweepSpec, out: Path, data_root: str | None) -> list[tuple[s
             rows.append((str(folder), sub.name, sub.class_noun, list(sub.templates)))
         return rows
     if "toyworld" in s:  # ToyWorld subjects (ground truth known), written as a dataset root
-        from ..toyworld.subjects import make_subjects
+        from db3d.toyworld.subjects import make_subjects  # heavy (torch): see resolve_metric
 
         root = out / "subjects"
         make_subjects(root, n=int(s["toyworld"]), captures=int(s.get("captures", 5)), seed=int(s.get("seed", 1)))
@@ -195,8 +195,8 @@ def resolve_metric(spec: SweepSpec, configs: list) -> tuple[str, str]:
 
     configs: [(RunConfig, subject folder)] of every point. Raises SweepError (before Ray starts)
     when a scheduler or a quality.* metric cannot be computed for some trial."""
-    from db3d.method.quality import available_signals
-    from db3d.toyworld.truth import truth_for
+    from db3d.method.quality import available_signals  # heavy (~2 s, torch): `db3d sweep --help` reads this module
+    from db3d.toyworld.truth import truth_for  # heavy: as above
 
     metric, mode = spec.metric, spec.mode
     if not spec.scheduler and not metric.startswith("quality."):

@@ -21,6 +21,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from .spec import SweepError
 
 PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
@@ -35,7 +37,7 @@ def check_trackers(tracking: list[str]) -> None:
 
 def trial_gif(trial, sweep: dict) -> Path | None:
     """The finished trial's turntable GIF (its exports folder in the sweep's work folder), if any."""
-    from .trial import trial_config
+    from .trial import trial_config  # heavy (~2.5 s: torch, the method): `db3d sweep` imports this module first
 
     if not trial.config or "point" not in trial.config:
         return None
@@ -66,15 +68,14 @@ def tracking_callbacks(tracking: list[str], sweep: dict) -> list:
 
 
 def _tensorboard(sweep: dict):
-    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.logger import TBXLoggerCallback  # heavy (~0.8 s): only when a tracker is asked for
 
     class TensorBoard(TBXLoggerCallback):
         def log_trial_end(self, trial, failed: bool = False):
             gif = trial_gif(trial, sweep)
             writer = self._trial_writer.get(trial)
             if gif is not None and writer is not None:
-                from PIL import Image
-                from tensorboardX.summary import Summary
+                from tensorboardX.summary import Summary  # optional: the tracking extra
 
                 width, height = Image.open(gif).size
                 image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif.read_bytes())
@@ -86,14 +87,14 @@ def _tensorboard(sweep: dict):
 
 
 def _mlflow(sweep: dict):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.air.integrations.mlflow import MLflowLoggerCallback  # heavy: as in _tensorboard
 
     class MLflow(MLflowLoggerCallback):
         def log_trial_end(self, trial, failed: bool = False):
             gif = trial_gif(trial, sweep)
             run_id = self._trial_runs.get(trial)
             if gif is not None and run_id is not None:
-                from mlflow.tracking import MlflowClient
+                from mlflow.tracking import MlflowClient  # optional: the tracking extra
 
                 MlflowClient(tracking_uri=self.tracking_uri).log_artifact(run_id, str(gif))
             super().log_trial_end(trial, failed)
@@ -102,13 +103,13 @@ def _mlflow(sweep: dict):
 
 
 def _wandb(sweep: dict):
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback  # heavy: as in _tensorboard
 
     class Wandb(WandbLoggerCallback):
         def log_trial_end(self, trial, failed: bool = False):
             gif = trial_gif(trial, sweep)
             if gif is not None and trial in self._trial_queues:
-                import wandb
+                import wandb  # optional: the tracking extra
 
                 step = int((trial.last_result or {}).get("training_iteration", 0))
                 self.log_trial_result(step, trial, {"turntable": wandb.Video(str(gif), format="gif"),

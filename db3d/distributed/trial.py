@@ -21,7 +21,7 @@ from pathlib import Path
 
 from db3d.core.artifacts import content_key
 from db3d.core.config import compose, quote
-from db3d.core.data import resolve_subject
+from db3d.core.data import load_subject_images, resolve_subject
 from db3d.core.results import StageMeter, cost_totals, result_row, save_config
 from db3d.method.executor import INLINE
 from db3d.method.quality import ProbeSettings, QualityProbe
@@ -111,7 +111,7 @@ class Reporter:
         self.last.update(nerf_loss=float(sum(losses.values())), nerf_step=step)  # the weighted total, for the record
 
     def __call__(self, step: int, losses: dict, field) -> None:
-        from ray import tune
+        from ray import tune  # heavy (~0.8 s): Ray Train workers unpickle Reporter, call only update()
 
         self.update(step, losses, field)
         tune.report(dict(self.last))
@@ -121,8 +121,6 @@ def _subject_images(cfg, subject):
     """The subject photos for the probe's CLIP-I / DINO (None when it scores without them)."""
     if not (cfg.metrics.clip_models or cfg.metrics.dino):
         return None
-    from db3d.core.data import load_subject_images
-
     return load_subject_images(subject, cfg.backbone.resolution)[0]
 
 
@@ -133,7 +131,7 @@ def _numbers(row: dict) -> dict:
 
 def run_trial(config: dict) -> None:
     """Tune function trainable (see module docstring)."""
-    from ray import tune
+    from ray import tune  # heavy: as in Reporter.__call__
 
     os.environ["DB3D_QUIET"] = "1"  # the driver shows sweep progress; no bars from workers
     overrides, trial_id = trial_config(config)

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from db3d.core.config import MetricsConfig
-from db3d.export.media import turntable
+from db3d.eval.metrics import evaluate_views, r_precision, strip_identifier
+from db3d.eval.models import load_clip, load_dino
+from db3d.export.media import to_uint8, turntable
 from db3d.nerf.io import load_field
 
 EVAL_ELEVATION = 30.0
@@ -25,8 +28,6 @@ EVAL_ELEVATION = 30.0
 
 def load_models(cfg: MetricsConfig, device: torch.device) -> tuple[list, object | None]:
     """The CLIP models and DINO named by the config, offline (a clear error when weights are missing)."""
-    from db3d.eval.models import load_clip, load_dino
-
     weights = cfg.weights or None
     clips = [load_clip(name, weights if weights != "random" else "random", device) for name in cfg.clip_models]
     dino = load_dino(weights if weights != "random" else "random", device) if cfg.dino else None
@@ -44,8 +45,6 @@ def per_view_rows(model, views: dict, captions: list[str], true_caption: str, az
                   files: dict) -> list[dict]:
     """One row per evaluation view and render kind: CLIP-T of the view, and whether it retrieves
     the true caption (its R-precision hit), with the view's azimuth and image file."""
-    from db3d.eval.metrics import r_precision
-
     text = model.embed_texts(captions)  # (C, D) unit rows
     true_index = captions.index(true_caption)
     rows = []
@@ -63,8 +62,6 @@ def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch
                   templates, class_noun: str, models=None, views_dir: Path | None = None) -> dict:
     """{column: value} for the run's Parquet row; with views_dir, also "views": per-view rows (and
     the evaluation renders saved there as PNG)."""
-    from db3d.eval.metrics import evaluate_views
-
     m = cfg.metrics
     device = bb.device
     clips, dino = models if models is not None else load_models(m, device)
@@ -93,11 +90,6 @@ def evaluate_nerf(cfg, field_file: Path, latent: bool, bb, subject_images: torch
     out["metrics.n_views"] = m.n_views
     # 4. per-view rows (first CLIP model), with the renders saved beside them
     if views_dir is not None and clips:
-        from PIL import Image
-
-        from db3d.eval.metrics import strip_identifier
-        from db3d.export.media import to_uint8
-
         views = {"color": colour.clamp(0, 1), "textureless": textureless.clamp(0, 1)}
         files: dict[str, list[Path]] = {}
         for kind, imgs in views.items():

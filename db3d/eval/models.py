@@ -137,7 +137,7 @@ def clip_model_name(name: str) -> str:
 
 def _from_hf_cache(repo: str, filenames: Sequence[str], cache_dir: str | None) -> str | None:
     """Path of the first of `filenames` in the local Hugging Face cache of `repo`; no network."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # ~0.07 s: only a cache lookup needs it
 
     for filename in filenames:
         found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
@@ -163,7 +163,7 @@ def _from_path(weights: str, filenames: Sequence[str], what: str, how: str) -> s
 
 def resolve_clip_weights(name: str, weights: str | None, tag: str = "openai", cache_dir: str | None = None) -> str:
     """"random", or the local file holding `name`'s weights (see `load_clip`)."""
-    import open_clip
+    import open_clip  # heavy (~4 s with timm): every run imports this module, few load CLIP
 
     name = clip_model_name(name)
     if weights == "random":
@@ -236,7 +236,7 @@ def load_clip(
     picks the cache repo when `weights` is None, and the activation (OpenAI's weights need
     QuickGELU) and normalisation constants in every case, random weights included.
     """
-    import open_clip
+    import open_clip  # heavy: as in resolve_clip_weights
 
     # 1. find the weights (no network)
     name = clip_model_name(name)
@@ -272,7 +272,7 @@ def load_dino(
     weights: str | None = None, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> EmbedModel:
     """DINO ViT-S/16 (timm `vit_small_patch16_224.dino`, CLS token, 384-d), offline."""
-    import timm
+    import timm  # heavy (~3 s): only when DINO is loaded
 
     # 1. find the weights (no network)
     path = resolve_dino_weights(weights, cache_dir)

@@ -1,7 +1,8 @@
 """Exports that people look at: image grids, videos and turntables (NeRF save/load: db3d/nerf/io.py).
 
-Everything here writes atomically: to a temporary name starting with ``.`` in the target folder,
-then ``os.replace``, so a reader never sees half a file. Meshes live in ``db3d/export/mesh.py``.
+Everything here writes atomically (``db3d.core.artifacts.atomic_path``): to a temporary name
+starting with ``.`` in the target folder, then ``os.replace``, so a reader never sees half a file.
+Meshes live in ``db3d/export/mesh.py``.
 
 Turntable cameras follow ``db3d/core/cameras.py``: an orbit around the origin (+z up, azimuth 0 the
 front). The defaults match ``NeRFConfig``'s fixed orbit (elevation 15, distance 1.75 bounding
@@ -11,16 +12,17 @@ what training saw; pass the run's ``orbit_*`` values when they differ.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from db3d.core.artifacts import atomic_path, atomic_write
 from db3d.core.cameras import orbit_cameras
-from db3d.nerf.io import field_device, tmp_path_for
+from db3d.nerf.io import field_device
 from db3d.nerf.render import render_views
 
 TURNTABLE_DISTANCE = 1.75
@@ -49,12 +51,7 @@ def save_grid(images: Tensor, path: Path, columns: int | None = None) -> Path:
     for i, img in enumerate(arr):
         r, c = divmod(i, cols)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 
 
 def _pad_even(frames: np.ndarray) -> np.ndarray:  # (T,H,W,3) -> (T,H',W',3), H' and W' even
@@ -78,12 +75,8 @@ def save_video(frames: Tensor, path: Path, fps: int = 20) -> Path:
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"save_video needs RGB frames (T>0, 3, H, W), got {tuple(frames.shape)}")
     arr = to_uint8(frames)  # (T, H, W, 3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
+    with atomic_path(path) as tmp:  # tmp keeps the suffix: ffmpeg picks the container from it
         if suffix == ".mp4":
-            import imageio.v2 as imageio  # noqa: PLC0415  (heavy import, only for videos)
-
             writer = imageio.get_writer(
                 tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                 pixelformat="yuv420p", quality=8, macro_block_size=2,
@@ -97,9 +90,6 @@ def save_video(frames: Tensor, path: Path, fps: int = 20) -> Path:
                 tmp, format="GIF", save_all=True, append_images=images[1:],
                 duration=max(1, round(1000 / fps)), loop=0,
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -17,15 +17,16 @@ colours (sRGB bytes) as linear floats, as glTF's COLOR_0 is linear. trimesh writ
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from skimage.measure import marching_cubes
 
-from db3d.nerf.io import field_device, tmp_path_for
+from db3d.core.artifacts import atomic_write_bytes
+from db3d.nerf.io import field_device
 
 DEFAULT_THRESHOLD = 10.0
 """Density level of the extracted surface (stable-dreamfusion's density_thresh: 10)."""
@@ -80,8 +81,6 @@ def _adaptive_level(volume: np.ndarray) -> float | None:
 
 def _marching_cubes(volume: np.ndarray, level: float, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     """Level set of a zero-padded volume, in grid units times ``spacing``, faces outwards."""
-    from skimage.measure import marching_cubes  # noqa: PLC0415  (heavy import)
-
     verts, faces, _, _ = marching_cubes(volume, level=level, spacing=(spacing,) * 3)
     verts, faces = verts.astype(np.float64), faces.astype(np.int64)
     used = np.unique(faces)  # drop vertices left unreferenced by removed degenerate faces
@@ -162,18 +161,6 @@ def extract_mesh(
 # ---- files --------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 OBJ_HEADER = "db3d mesh: world frame +z up, front +x; vertex colours sRGB in [0, 1]"
 LINEAR_COLOR = "_COLOR_LINEAR"
 """The custom vertex attribute that carries the GLB's linear float colours (renamed COLOR_0)."""
@@ -181,7 +168,7 @@ LINEAR_COLOR = "_COLOR_LINEAR"
 
 def _trimesh(vertices: np.ndarray, faces: np.ndarray, **kwargs):
     """A trimesh.Trimesh of exactly these arrays (process=False: no merging or reordering)."""
-    import trimesh  # noqa: PLC0415  (imported only when a file is written)
+    import trimesh  # noqa: PLC0415  heavy (~0.5 s): imported only when a mesh file is written
 
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False, validate=False, **kwargs)
 
@@ -189,14 +176,14 @@ def _trimesh(vertices: np.ndarray, faces: np.ndarray, **kwargs):
 def save_obj(mesh: Mesh, path: Path) -> Path:
     """Wavefront OBJ (trimesh's writer): ``v x y z r g b`` (sRGB colours in [0, 1]) and 1-based
     ``f a b c`` lines, in db3d's world frame."""
-    from trimesh.exchange.obj import export_obj  # noqa: PLC0415
+    from trimesh.exchange.obj import export_obj  # noqa: PLC0415  heavy: trimesh, only when a file is written
 
     if mesh.is_empty:  # trimesh would write a bare 'v' and 'f' line: the header alone
-        return _write_atomic(path, f"# {OBJ_HEADER}\n".encode())
+        return atomic_write_bytes(path, f"# {OBJ_HEADER}\n".encode())
     tm = _trimesh(mesh.vertices, mesh.faces, vertex_colors=mesh.colors)
     text = export_obj(tm, include_normals=False, include_color=True, include_texture=False, digits=6,
                       header=OBJ_HEADER)
-    return _write_atomic(path, text.encode())
+    return atomic_write_bytes(path, text.encode())
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:  # values in [0, 1]
@@ -224,8 +211,8 @@ def _finish_gltf(tree: dict) -> None:
 def glb_bytes(mesh: Mesh) -> bytes:
     """A binary glTF 2.0 file (trimesh's writer): one mesh, POSITION + COLOR_0 (linear float VEC3)
     + uint32 indices, in glTF's frame (+y up, front +z)."""
-    import trimesh  # noqa: PLC0415
-    from trimesh.exchange.gltf import export_glb  # noqa: PLC0415
+    import trimesh  # noqa: PLC0415  heavy (~0.5 s): only when a mesh file is written
+    from trimesh.exchange.gltf import export_glb  # noqa: PLC0415  heavy: as above
 
     positions = mesh.vertices.astype(np.float32) @ WORLD_TO_GLTF.T  # (V, 3) glTF frame
     colors = srgb_to_linear(mesh.colors.astype(np.float64) / 255.0).astype(np.float32)  # (V, 3) linear
@@ -235,7 +222,7 @@ def glb_bytes(mesh: Mesh) -> bytes:
 
 def save_glb(mesh: Mesh, path: Path) -> Path:
     """Binary glTF 2.0 (see ``glb_bytes``), written atomically."""
-    return _write_atomic(path, glb_bytes(mesh))
+    return atomic_write_bytes(path, glb_bytes(mesh))
 
 
 def export_mesh(

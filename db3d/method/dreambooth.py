@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from db3d.core.artifacts import DreamBoothCheckpoint, atomic_write_json, content_key, mark_done, read_done
+from db3d.core.artifacts import (
+    DreamBoothCheckpoint,
+    atomic_write,
+    atomic_write_json,
+    content_key,
+    mark_done,
+    read_done,
+)
 from db3d.core.config import DreamBoothConfig
 from db3d.core.progress import bar as progress_bar
 from db3d.method.data_parallel import barrier, data_parallel, gather_objects, rank_and_world
@@ -56,7 +62,7 @@ def make_optimizer(params: list, cfg: DreamBoothConfig) -> torch.optim.Optimizer
     lr = learning_rate_of(cfg)
     if cfg.optimizer == "adamw8bit":
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # optional: only for dreambooth.optimizer=adamw8bit (CUDA)
         except ImportError as err:
             raise RuntimeError(
                 "dreambooth.optimizer=adamw8bit needs the bitsandbytes package, which is not installed: "
@@ -112,9 +118,7 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
                              noise=noise)  # (b, 3, R, R)
             for i, img in zip(idx, imgs):
                 arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-                tmp = folder / f".{i:04d}.png.tmp"
-                Image.fromarray(arr).save(tmp, format="PNG")
-                os.replace(tmp, files[i])
+                atomic_write(files[i], lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
         atomic_write_json(folder / "meta.json", {"prompt": class_prompt, "n": n, "seed": seed, "backbone": bb.key})
     arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -130,7 +134,7 @@ def _lora_targets(bb: Backbone) -> list[str]:
 
 
 def _add_lora(bb: Backbone, unet: torch.nn.Module, rank: int) -> None:
-    from peft import LoraConfig
+    from peft import LoraConfig  # heavy (~5 s with diffusers): only LoRA runs need it
 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
@@ -143,8 +147,8 @@ def _save_half(module, folder: Path, dtype: torch.dtype) -> None:
     if dtype == torch.float32:
         module.save_pretrained(folder, safe_serialization=True)
         return
-    from diffusers import ModelMixin
-    from safetensors.torch import save_file
+    from diffusers import ModelMixin  # heavy (~4 s): only when half-precision weights are saved
+    from safetensors.torch import save_file  # with diffusers, as above
 
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
              for k, v in module.state_dict().items()}
@@ -164,8 +168,8 @@ def save_checkpoint(unet, text_encoder, mode: str, folder: Path, dtype: str = "f
         if text_encoder is not None:
             _save_half(text_encoder, folder / "text_encoder", DTYPES[dtype])
     else:
-        from diffusers import StableDiffusionPipeline
-        from peft.utils import get_peft_model_state_dict
+        from diffusers import StableDiffusionPipeline  # heavy (~4 s): only when a LoRA file is saved
+        from peft.utils import get_peft_model_state_dict  # heavy: as above
 
         # peft key names (lora_A / lora_B) under the "unet." prefix: what load_lora_weights reads.
         # (convert_state_dict_to_diffusers renames to_k but not IF's add_k_proj, which breaks loading)
@@ -406,9 +410,9 @@ def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch
         state["rng_ranks"] = rng_ranks
     if text_encoder is not None:
         state["text_encoder"] = text_encoder.state_dict()
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # the one resume state of the run: each replaces the last
+    # the one resume state of the run: each replaces the last (one fixed temp name: a killed save
+    # leaves one temp file, which the next save replaces)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), per_process=False)
     print(f"DreamBooth resume state at step {step}: {path.stat().st_size / 2**20:.1f} MiB ({path})", flush=True)
 
 

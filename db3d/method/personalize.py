@@ -12,6 +12,7 @@ trains on N x batch_size images a step.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,6 @@ from db3d.models.backbones import Backbone
 
 
 def default_cache_dir(cfg: RunConfig) -> Path:
-    import os
-
     return Path(cfg.cache_dir or os.environ.get("DB3D_CACHE") or Path.home() / ".cache" / "db3d").expanduser()
 
 

@@ -27,8 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
+from db3d.core.cameras import orbit_cameras
 from db3d.core.config import RunConfig
+from db3d.eval.evaluate import EVAL_ELEVATION, load_models
+from db3d.eval.metrics import mean_pairwise_cosine, strip_identifier
+from db3d.eval.models import MetricWeightsNotFound, resolve_clip_weights, resolve_dino_weights
 from db3d.eval.truth import GroundTruth
+from db3d.nerf.render import render_views
 
 TOY_SIGNALS = {"quality.toy.psnr": "max", "quality.toy.psnr_back": "max"}
 LOSS_PREFIX = "quality.loss."
@@ -62,12 +67,6 @@ def term_weights(cfg: RunConfig) -> dict[str, float]:
 
 
 def _clip_weights_found(cfg: RunConfig) -> bool:
-    from db3d.eval.models import (
-        MetricWeightsNotFound,
-        resolve_clip_weights,
-        resolve_dino_weights,
-    )
-
     if cfg.metrics.weights == "random":
         return True
     try:
@@ -125,8 +124,6 @@ class QualityProbe:
         return out
 
     def _renders(self, field, cams, device) -> torch.Tensor:  # -> (V, R, R, 3) in [0, 1], on the CPU
-        from db3d.nerf.render import render_views
-
         n_samples = self.settings.n_samples or self.cfg.nerf.n_samples
         white = torch.ones(3, device=device)
         out = render_views(field, cams, n_samples=n_samples, shading="albedo", background=white)
@@ -140,10 +137,6 @@ class QualityProbe:
     def _clip(self, field) -> dict[str, float]:
         # 1.-2. the evaluation orbit (30 degrees elevation); CLIP-T to the identifier-free prompt,
         #       CLIP-I / DINO to the subject photos
-        from db3d.core.cameras import orbit_cameras
-        from db3d.eval.evaluate import EVAL_ELEVATION, load_models
-        from db3d.eval.metrics import mean_pairwise_cosine, strip_identifier
-
         device = next(field.parameters()).device
         if self._models is None:
             self._models = load_models(self.cfg.metrics, device)

@@ -287,10 +287,10 @@ class Backbone:
 
     def save_pretrained(self, path: Path) -> None:
         """Write a diffusers pipeline folder that `backbone=sd|if backbone.model=path` loads."""
-        from diffusers import IFPipeline, StableDiffusionPipeline
+        from diffusers import IFPipeline, StableDiffusionPipeline  # heavy: diffusers (~4 s), on first use
 
         if self.kind == "toy":
-            from db3d.models import toy_prior as prior
+            from db3d.models import toy_prior as prior  # heavy: diffusers (~4 s), on first use
 
             return prior.save_components(dict(unet=self.unet, text_encoder=self.text_encoder,
                                               tokenizer=self.tokenizer, scheduler=self.scheduler), Path(path))
@@ -308,7 +308,7 @@ class Backbone:
 # ---------------------------------------------------------------------------------------------
 def backbone_key(cfg: BackboneConfig) -> str:
     """The content key of the backbone `cfg` names, without loading it (artifact keys build on it)."""
-    from db3d.models import toy_prior
+    from db3d.models import toy_prior  # heavy: diffusers (~4 s), on first use
 
     if cfg.kind in ("tiny-sd", "tiny-if"):
         return content_key("backbone", cfg.kind, cfg.seed, cfg.resolution, cfg.dtype)
@@ -325,12 +325,12 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     dtype = DTYPES[cfg.dtype]
     key = backbone_key(cfg)
     if cfg.kind in ("tiny-sd", "tiny-if"):
-        from db3d.models import tiny
+        from db3d.models import tiny  # heavy: diffusers (~4 s), on first use
 
         build = tiny.tiny_sd_components if cfg.kind == "tiny-sd" else tiny.tiny_if_components
         parts = build(cfg.seed, cfg.resolution)
     elif cfg.kind == "toy":
-        from db3d.models import toy_prior as prior
+        from db3d.models import toy_prior as prior  # heavy: diffusers (~4 s), on first use
 
         parts = prior.load_components(cfg.model)
     else:
@@ -367,7 +367,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
 
 def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> dict:
     """Load a diffusers folder or a cached hub id, offline. Raise BackboneNotFound with advice."""
-    from diffusers import DDPMScheduler, IFPipeline, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, IFPipeline, StableDiffusionPipeline  # heavy: diffusers (~4 s), on first use
 
     local = Path(cfg.model).expanduser()
     is_local = local.exists()

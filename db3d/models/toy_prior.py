@@ -19,6 +19,8 @@ The trained weights ship in ``db3d/models/toy_prior_weights/`` (fp16 safetensors
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -106,8 +108,6 @@ def new_components(words: Sequence[str], resolution: int = 32, seed: int = 0) ->
 def save_components(parts: dict, folder: Path, dtype: torch.dtype = torch.float32) -> None:
     """Write unet/, text_encoder/ and scheduler/ as diffusers / transformers folders, and the
     tokenizer's words (tokenizer_words.json)."""
-    import copy
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / WORDS_FILE).write_text(json.dumps(tokenizer_words(parts["tokenizer"]), indent=0) + "\n")
@@ -141,8 +141,6 @@ def load_components(folder: Path | str = "") -> dict:
 
 def weights_digest(folder: Path | str = "") -> str:
     """A short hash of the prior's weight files (the backbone's content key depends on it)."""
-    import hashlib
-
     folder = Path(folder).expanduser() if folder else SHIPPED
     h = hashlib.sha256()
     for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):

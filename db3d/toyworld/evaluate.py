@@ -15,6 +15,9 @@ from functools import lru_cache
 import torch
 
 from db3d.core.cameras import orbit_cameras
+from db3d.export.media import save_grid
+from db3d.nerf.io import load_field
+from db3d.nerf.render import render_views
 from db3d.toyworld import scores
 from db3d.toyworld.render import render_object
 from db3d.toyworld.world import COLOUR_RGB, ToyObject, enumerate_world
@@ -47,8 +50,6 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
     cams = score_cameras(n_views, resolution)
     gt = render_object(obj, cams)
     if compare_png is not None:
-        from db3d.export.media import save_grid
-
         save_grid(torch.cat([gt.rgb, pred]).permute(0, 3, 1, 2), compare_png, columns=n_views)
     back = scores.back_half(cams.azimuth_deg)
     front = ~back
@@ -71,9 +72,6 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
 def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu",
                 compare_png=None) -> dict:
     """Render a saved NeRF on the scoring orbit and score it against obj (compare_png: see score_renders)."""
-    from db3d.nerf.io import load_field
-    from db3d.nerf.render import render_views
-
     field = load_field(field_file, torch.device(device)).eval()
     white = torch.ones(getattr(field.config, "color_channels", 3))
     cams = score_cameras().to(device)

@@ -30,7 +30,7 @@ def psnr(pred: Tensor, gt: Tensor) -> Tensor:  # (V,H,W,3), (V,H,W,3) -> (V,)
 
 def ssim(pred: Tensor, gt: Tensor) -> Tensor:  # (V,H,W,3), (V,H,W,3) -> (V,)
     """Structural similarity per view (scikit-image, 7x7 windows, data range 1)."""
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # heavy (~0.15 s, scipy): only ToyWorld scoring needs it
 
     return torch.tensor([structural_similarity(p.numpy(), g.numpy(), channel_axis=-1, data_range=1.0,
                                                win_size=7) for p, g in zip(pred.double(), gt.double())])

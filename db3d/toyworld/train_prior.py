@@ -19,7 +19,6 @@ the command recorded in their train_config.json.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from db3d.core.artifacts import atomic_write_json
+from db3d.core.artifacts import atomic_write, atomic_write_json
 from db3d.core.cameras import sample_random_cameras
 from db3d.core.progress import bar
 from db3d.models import diffusion
@@ -131,8 +130,7 @@ def load_or_render(cfg: PriorTrainConfig, folder: Path) -> dict:
         if data["config"] == want:
             return data
     data = render_dataset(cfg)
-    torch.save(data, folder / ".data.pt.tmp")
-    os.replace(folder / ".data.pt.tmp", path)
+    atomic_write(path, lambda tmp: torch.save(data, tmp), per_process=False)  # large: one temp name
     return data
 
 
@@ -238,9 +236,7 @@ def train_prior(cfg: PriorTrainConfig) -> Path:
 def _save_state(path: Path, step, unet, text_encoder, opt, ema, gen, losses) -> None:
     state = {"step": step, "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
              "opt": opt.state_dict(), "ema": ema, "gen": gen.get_state(), "losses": losses}
-    tmp = path.with_name("." + path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), per_process=False)  # each replaces the last
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 
-import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq

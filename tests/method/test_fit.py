@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from db3d.core.cameras import cameras_at, view_direction_suffix, view_prompt
 from db3d.core.config import compose
 from db3d.method.fit import ReconTerm, SDSTerm, fit_diagnostics, fit_nerf, read_fit_log
 from db3d.method.sds import sds_loss
-from db3d.models import diffusion
 from db3d.nerf import render_views
 from db3d.nerf.io import load_field
 

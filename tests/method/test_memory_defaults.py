@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from test_dreambooth import _subject_images
 from db3d.core.artifacts import DreamBoothCheckpoint
 from db3d.core.config import BackboneConfig, DreamBoothConfig, RunConfig, compose
 from db3d.core.data import Subject
-from db3d.method import dreambooth, personalize
+from db3d.method import personalize
 from db3d.method.dreambooth import (
     DreamBoothNonFinite,
     check_full_finetune_fits,
