@@ -16,7 +16,7 @@ import time
 
 import psutil
 from sweep_checks import check_artifacts, check_results
-from test_distributed import ENV, _mini_sweep
+from sweep_run import ENV, mini_sweep
 
 from db3d.distributed.sink import read_results
 
@@ -31,7 +31,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 def test_trial_workers_killed_at_random_points_leave_one_ok_row_each_and_no_half_written_stage(tmp_path):
-    spec = _mini_sweep(tmp_path, lambdas=(0.5, 1.0, 2.0))  # 3 trials sharing DreamBooth and stage 1
+    spec = mini_sweep(tmp_path, lambdas=(0.5, 1.0, 2.0))  # 3 trials sharing DreamBooth and stage 1
     pids, out = tmp_path / "pids", tmp_path / "o"
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
