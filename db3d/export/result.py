@@ -41,13 +41,11 @@ def export_result(ctx, final: NerfCheckpoint, out_dir: Path) -> dict[str, Path]:
         for suffix in ("mp4", "gif"):
             paths[f"turntable_textureless.{suffix}"] = save_video(
                 textureless[:, :3].clamp(0, 1), out_dir / f"turntable_textureless.{suffix}", ex.fps)
-    else:
-        frames = None
+    else:  # the albedo turntable is rendered once: its videos and the grid below share it
+        frames = turntable(field, ex.turntable_frames, ex.turntable_resolution, **orbit)  # (T, 3, H, W)
         paths.update(export_turntables(field, out_dir, n_frames=ex.turntable_frames,
-                                       resolution=ex.turntable_resolution, fps=ex.fps, **orbit))
+                                       resolution=ex.turntable_resolution, fps=ex.fps, rgb_frames=frames, **orbit))
     # 2. image grids: the final NeRF's orbit, and stage 2's pseudo views when there are any
-    if frames is None:
-        frames = turntable(field, ex.turntable_frames, ex.turntable_resolution, **orbit)
     paths["final_views.png"] = save_grid(frames[:, :3].clamp(0, 1), out_dir / "final_views.png")
     pseudo = sorted((ctx.store / "stage2").glob(f"{ctx.keys.get('stage2', '')}/grid_views.png")) if ctx.keys.get("stage2") else []
     if pseudo:

@@ -263,9 +263,10 @@ def metrics(ctx: Context, final: NerfCheckpoint, views_dir: Path) -> dict:
 
 
 def truth_metrics(ctx: Context, final: NerfCheckpoint, truth: GroundTruth, compare_png: Path) -> dict:
-    """metric.toy.*: the final NeRF against the subject's true object (eval/truth.py)."""
+    """metric.toy.*: the final NeRF against the subject's true object (eval/truth.py); renders that
+    every run's scoring shares are kept in the artifact store."""
     return truth.score_field(final.field_file, ctx.cfg.nerf.n_samples, resolve_device(ctx.cfg.backbone.device),
-                             compare_png)
+                             compare_png, store=ctx.store)
 
 
 def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,
