@@ -59,8 +59,10 @@ def child(args: dict) -> None:
                          ("toy_metrics", lambda: stages.truth_metrics(ctx, final, truth,
                                                                       out / "exports" / "toy_compare.png"))):
             start = time.perf_counter()
-            scores.update(fn() or {})
+            result = fn()
             seconds[name] = time.perf_counter() - start
+            if name != "export":  # exports return their paths
+                scores.update(result)
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "exports").iterdir())
              if p.is_file()}
     Path(args["result"]).write_text(json.dumps({"seconds": seconds, "scores": scores, "files": files}))
