@@ -34,6 +34,12 @@ def load_models(cfg: MetricsConfig, device: torch.device) -> tuple[list, object 
     return clips, dino
 
 
+def scores_anything(cfg: MetricsConfig) -> bool:
+    """Whether the config names any model to score with (ToyWorld's preset names none: its runs are
+    scored against their ground truth instead)."""
+    return bool(cfg.clip_models) or bool(cfg.dino)
+
+
 def candidate_captions(cfg: MetricsConfig, templates, identifier: str, class_noun: str, prompt: str) -> list[str]:
     if cfg.captions:
         lines = [line.strip() for line in Path(cfg.captions).read_text().splitlines() if line.strip()]

@@ -146,20 +146,27 @@ def export_turntables(
     fov_y_deg: float = TURNTABLE_FOV_DEG,
     n_samples: int = 64,
     formats: tuple[str, ...] = ("mp4", "gif"),
+    rgb_frames: Tensor | None = None,  # (T, 3, H, W): this very albedo turntable, already rendered
 ) -> dict[str, Path]:
     """Write ``turntable_rgb.*`` (albedo) and ``turntable_textureless.*`` (white, headlit geometry).
 
     For an RGB field; a latent field's albedo turntable needs decoding (``turntable`` + a VAE).
+    ``rgb_frames``: the albedo frames ``turntable(field, n_frames, resolution, ...)`` with these
+    arguments, when the caller has them (``export_result`` also puts them in a grid): they are
+    not rendered again.
 
     Returns ``{file name: path}``, e.g. ``{"turntable_rgb.mp4": out_dir / "turntable_rgb.mp4"}``.
     """
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     for name, shading in (("rgb", "albedo"), ("textureless", "textureless")):
-        frames = turntable(
-            field, n_frames, resolution, elevation_deg=elevation_deg, distance=distance,
-            fov_y_deg=fov_y_deg, n_samples=n_samples, shading=shading,
-        )
+        if name == "rgb" and rgb_frames is not None:
+            frames = rgb_frames
+        else:
+            frames = turntable(
+                field, n_frames, resolution, elevation_deg=elevation_deg, distance=distance,
+                fov_y_deg=fov_y_deg, n_samples=n_samples, shading=shading,
+            )
         for fmt in formats:
             file_name = f"turntable_{name}.{fmt}"
             written[file_name] = save_video(frames, out_dir / file_name, fps=fps)

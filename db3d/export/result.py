@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from db3d.core.artifacts import NerfCheckpoint
 from db3d.export.media import export_turntables, save_grid, save_video, turntable
 from db3d.export.mesh import export_mesh
+from db3d.models.backbones import resolve_device
 from db3d.nerf.io import load_field
 
 
@@ -25,7 +26,10 @@ def export_result(ctx, final: NerfCheckpoint, out_dir: Path) -> dict[str, Path]:
     cfg, ex = ctx.cfg, ctx.cfg.export
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    field = load_field(final.field_file, ctx.bb.device).eval()
+    # the backbone only decodes a latent field's frames: an RGB field's exports never build it (a
+    # stage on its own Ray Train worker would load it for its device alone)
+    device = ctx.bb.device if final.latent else resolve_device(cfg.backbone.device)
+    field = load_field(final.field_file, device).eval()
     paths: dict[str, Path] = {}
     orbit = dict(elevation_deg=cfg.nerf.orbit_elevation, distance=cfg.nerf.orbit_distance,
                  fov_y_deg=cfg.nerf.orbit_fov, n_samples=cfg.nerf.n_samples)
@@ -41,13 +45,11 @@ def export_result(ctx, final: NerfCheckpoint, out_dir: Path) -> dict[str, Path]:
         for suffix in ("mp4", "gif"):
             paths[f"turntable_textureless.{suffix}"] = save_video(
                 textureless[:, :3].clamp(0, 1), out_dir / f"turntable_textureless.{suffix}", ex.fps)
-    else:
-        frames = None
+    else:  # the albedo turntable is rendered once: its videos and the grid below share it
+        frames = turntable(field, ex.turntable_frames, ex.turntable_resolution, **orbit)  # (T, 3, H, W)
         paths.update(export_turntables(field, out_dir, n_frames=ex.turntable_frames,
-                                       resolution=ex.turntable_resolution, fps=ex.fps, **orbit))
+                                       resolution=ex.turntable_resolution, fps=ex.fps, rgb_frames=frames, **orbit))
     # 2. image grids: the final NeRF's orbit, and stage 2's pseudo views when there are any
-    if frames is None:
-        frames = turntable(field, ex.turntable_frames, ex.turntable_resolution, **orbit)
     paths["final_views.png"] = save_grid(frames[:, :3].clamp(0, 1), out_dir / "final_views.png")
     pseudo = sorted((ctx.store / "stage2").glob(f"{ctx.keys.get('stage2', '')}/grid_views.png")) if ctx.keys.get("stage2") else []
     if pseudo:

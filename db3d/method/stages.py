@@ -30,7 +30,7 @@ import torch
 from db3d.core.artifacts import DreamBoothCheckpoint, NerfCheckpoint, PseudoViews, RunResult, artifact_lock, content_key
 from db3d.core.config import RunConfig
 from db3d.core.data import Subject, load_subject_images
-from db3d.eval.evaluate import evaluate_nerf
+from db3d.eval.evaluate import evaluate_nerf, scores_anything
 from db3d.eval.truth import GroundTruth
 from db3d.export.result import export_result
 from db3d.method.data_parallel import rank_and_world
@@ -257,15 +257,19 @@ def exports(ctx: Context, final: NerfCheckpoint, out_dir: Path) -> dict[str, Pat
 
 
 def metrics(ctx: Context, final: NerfCheckpoint, views_dir: Path) -> dict:
-    """CLIP / DINO metrics of the final NeRF on the evaluation orbit (eval/evaluate.py)."""
+    """CLIP / DINO metrics of the final NeRF on the evaluation orbit (eval/evaluate.py); none, and no
+    backbone built for them, when the config names no model."""
+    if not scores_anything(ctx.cfg.metrics):
+        return {}
     return evaluate_nerf(ctx.cfg, final.field_file, final.latent, ctx.bb, ctx.images, ctx.prompt,
                          ctx.subject.templates, ctx.subject.class_noun, None, views_dir)
 
 
 def truth_metrics(ctx: Context, final: NerfCheckpoint, truth: GroundTruth, compare_png: Path) -> dict:
-    """metric.toy.*: the final NeRF against the subject's true object (eval/truth.py)."""
+    """metric.toy.*: the final NeRF against the subject's true object (eval/truth.py); renders that
+    every run's scoring shares are kept in the artifact store."""
     return truth.score_field(final.field_file, ctx.cfg.nerf.n_samples, resolve_device(ctx.cfg.backbone.device),
-                             compare_png)
+                             compare_png, store=ctx.store)
 
 
 def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,

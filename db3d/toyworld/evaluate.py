@@ -6,19 +6,28 @@
     4. Janus score: decal colour on the back views, relative to the front view's decal
 
 Columns `metric.toy.<name>` go into the run's row (the same Parquet schema as every sweep).
+
+Step 3's candidates (every world object rendered on the scoring orbit) cost more than the rest
+of the scoring together and are the same for every trial, so with an artifact store they are
+rendered once per store (`store/toyworld_renders/<key>/`, the key naming the world's objects,
+the cameras and the renderer's source) and loaded after that: the same tensors, bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
+from db3d.core.artifacts import artifact_lock, atomic_path, atomic_write_json, content_key
 from db3d.core.cameras import orbit_cameras
 from db3d.export.media import save_grid
 from db3d.nerf.io import load_field
 from db3d.nerf.render import render_views
-from db3d.toyworld import scores
+from db3d.toyworld import render, scores, shapes, world
 from db3d.toyworld.render import render_object
 from db3d.toyworld.world import COLOUR_RGB, ToyObject, enumerate_world
 
@@ -34,19 +43,68 @@ def score_cameras(n_views: int = N_VIEWS, resolution: int = RESOLUTION):
     return orbit_cameras(n_views, ELEVATION, DISTANCE, FOV, resolution)
 
 
-@lru_cache(maxsize=4)
-def _world_renders(n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
+def _render_world(n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
     cams = score_cameras(n_views, resolution)
-    return tuple(render_object(o, cams).rgb for o in enumerate_world(world_size))
+    return tuple(render_object(o, cams).rgb for o in enumerate_world(world_size))  # (V, H, W, 3) each
+
+
+_world_renders = lru_cache(maxsize=4)(_render_world)
+
+
+WORLD_RENDERS = "toyworld_renders"
+"""Folder of the artifact store that keeps the world's scoring renders (world_renders)."""
+
+
+@lru_cache(maxsize=1)
+def _renderer_digest() -> str:
+    """A digest of the code that draws the world (objects, shapes, renderer): a changed renderer
+    gets a new key rather than another renderer's stored images."""
+    text = "".join(inspect.getsource(module) for module in (render, shapes, world))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def world_renders_key(n_views: int, resolution: int, world_size: int) -> str:
+    """Content key of the world's renders on score_cameras(n_views, resolution)."""
+    cameras = {"n_views": n_views, "resolution": resolution, "elevation": ELEVATION, "distance": DISTANCE, "fov": FOV}
+    return content_key(WORLD_RENDERS, enumerate_world(world_size), cameras, _renderer_digest())
+
+
+@lru_cache(maxsize=4)
+def _stored_world_renders(store: Path, n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
+    """_world_renders, computed once per artifact store (under its lock) and loaded after that."""
+    key = world_renders_key(n_views, resolution, world_size)
+    folder = store / WORLD_RENDERS / key
+    file = folder / "renders.pt"
+    with artifact_lock(folder):
+        if (folder / "done.json").exists():
+            renders = torch.load(file, weights_only=True)  # (N, V, H, W, 3)
+        else:
+            renders = torch.stack(_render_world(n_views, resolution, world_size))  # (N, V, H, W, 3)
+            with atomic_path(file) as tmp:
+                torch.save(renders, tmp)
+            atomic_write_json(folder / "done.json", {"type": "ToyWorldRenders", "key": key, "objects": world_size,
+                                                     "views": n_views, "resolution": resolution})
+    return tuple(renders.unbind(0))
+
+
+def world_renders(n_views: int = N_VIEWS, resolution: int = RESOLUTION, world_size: int = WORLD_SIZE,
+                  store: Path | str | None = None) -> tuple[torch.Tensor, ...]:
+    """The first world_size objects of the world rendered on score_cameras(n_views, resolution):
+    one (V, H, W, 3) tensor each. Kept per process; with an artifact store also on disk, so the
+    trials of a sweep (each a new process) render them once."""
+    if store is None:
+        return _world_renders(n_views, resolution, world_size)
+    return _stored_world_renders(Path(store).resolve(), n_views, resolution, world_size)
 
 
 def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, resolution: int = RESOLUTION,
-                  world_size: int = WORLD_SIZE, compare_png=None, alpha: torch.Tensor | None = None
-                  ) -> dict[str, float]:
+                  world_size: int = WORLD_SIZE, compare_png=None, alpha: torch.Tensor | None = None,
+                  store: Path | str | None = None) -> dict[str, float]:
     """Scores of renders pred (V, H, W, 3) (opacity alpha (V, H, W, 1) if known) taken from
     score_cameras(V, H) against obj.
 
-    compare_png: also save a grid, ground truth above the renders, one column per view."""
+    compare_png: also save a grid, ground truth above the renders, one column per view.
+    store: an artifact store that keeps the world's renders (world_renders); the scores are the same."""
     cams = score_cameras(n_views, resolution)
     gt = render_object(obj, cams)
     if compare_png is not None:
@@ -54,7 +112,7 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
     back = scores.back_half(cams.azimuth_deg)
     front = ~back
     p_all, s_all = scores.psnr(pred, gt.rgb), scores.ssim(pred, gt.rgb)
-    candidates = [gt.rgb] + list(_world_renders(n_views, resolution, world_size))
+    candidates = [gt.rgb] + list(world_renders(n_views, resolution, world_size, store))
     return {
         "metric.toy.psnr.all": float(p_all.mean()),
         "metric.toy.psnr.back": float(p_all[back].mean()),
@@ -70,8 +128,9 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
 
 @torch.no_grad()
 def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu",
-                compare_png=None) -> dict:
-    """Render a saved NeRF on the scoring orbit and score it against obj (compare_png: see score_renders)."""
+                compare_png=None, store: Path | str | None = None) -> dict:
+    """Render a saved NeRF on the scoring orbit and score it against obj (compare_png, store: see
+    score_renders)."""
     field = load_field(field_file, torch.device(device)).eval()
     white = torch.ones(getattr(field.config, "color_channels", 3))
     cams = score_cameras().to(device)
@@ -80,4 +139,4 @@ def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.d
         out = render_views(field, cams[start:start + 8], n_samples=n_samples, shading="albedo", background=white)
         rgb.append(out.rgb.clamp(0, 1).cpu())
         alpha.append(out.opacity.cpu())
-    return score_renders(torch.cat(rgb), obj, compare_png=compare_png, alpha=torch.cat(alpha))
+    return score_renders(torch.cat(rgb), obj, compare_png=compare_png, alpha=torch.cat(alpha), store=store)

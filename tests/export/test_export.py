@@ -234,3 +234,42 @@ def test_turntable_of_a_nerf_field(tmp_path):
     paths = export_turntables(field, tmp_path, n_frames=2, resolution=10, fps=5)
     names = {"turntable_rgb.mp4", "turntable_rgb.gif", "turntable_textureless.mp4", "turntable_textureless.gif"}
     assert set(paths) == names and all(p.exists() for p in paths.values())
+
+
+@pytest.mark.filterwarnings("ignore:extract_mesh")  # a random field's density never reaches the threshold
+def test_export_result_renders_the_albedo_turntable_once_with_the_same_files(tmp_path, monkeypatch):
+    # the run's exports against the previous code path: both turntables rendered by
+    # export_turntables and the albedo one rendered again for the grid
+    from db3d.core.artifacts import NerfCheckpoint
+    from db3d.core.config import RunConfig
+    from db3d.export import media, result
+    from db3d.export.media import save_grid
+
+    cfg = RunConfig()
+    cfg.export.turntable_frames, cfg.export.turntable_resolution, cfg.export.mesh_resolution = 4, 12, 16
+    cfg.nerf.n_samples = 16
+    (tmp_path / "final").mkdir()
+    save_field(tiny_field(seed=2), tmp_path / "final" / "field.safetensors")
+    final = NerfCheckpoint(path=str(tmp_path / "final"), key="k", steps=1)
+    ctx = SimpleNamespace(cfg=cfg, bb=SimpleNamespace(device=torch.device("cpu")), store=tmp_path / "store", keys={})
+    calls = []
+    real_turntable = media.turntable
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("shading", "albedo"))
+        return real_turntable(*args, **kwargs)
+
+    monkeypatch.setattr(media, "turntable", counted)
+    monkeypatch.setattr(result, "turntable", counted)
+    paths = result.export_result(ctx, final, tmp_path / "new")
+    assert sorted(calls) == ["albedo", "textureless"]  # previously albedo twice
+
+    field = load_field(final.field_file).eval()
+    orbit = dict(elevation_deg=cfg.nerf.orbit_elevation, distance=cfg.nerf.orbit_distance,
+                 fov_y_deg=cfg.nerf.orbit_fov, n_samples=cfg.nerf.n_samples)
+    old = tmp_path / "old"
+    export_turntables(field, old, n_frames=4, resolution=12, fps=cfg.export.fps, **orbit)
+    save_grid(real_turntable(field, 4, 12, **orbit)[:, :3].clamp(0, 1), old / "final_views.png")
+    for name in ("turntable_rgb.mp4", "turntable_rgb.gif", "turntable_textureless.mp4",
+                 "turntable_textureless.gif", "final_views.png"):
+        assert paths[name].read_bytes() == (old / name).read_bytes(), name
