@@ -42,17 +42,17 @@ from db3d.core.progress import bar as progress_bar
 from db3d.method.sds import sds_loss, to_model_space
 from db3d.models.backbones import Backbone
 from db3d.nerf import (
-    FieldConfig,
     LinearSchedule,
     NeRFField,
-    ShadingConfig,
     distortion_loss,
+    field_config,
     opacity_entropy_loss,
     opacity_sparsity_loss,
     orientation_loss,
     reconstruction_loss,
     render_image,
     sample_shading_mode,
+    shading_config,
 )
 from db3d.nerf.io import load_field, save_field
 
@@ -84,24 +84,6 @@ class ReconTerm:
     weight: float = 1.0
     p: int = 1
     views_per_step: int = 1
-
-
-def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
-    """The NeRF architecture from the run config (latent_channels > 0: a Latent-NeRF field)."""
-    kwargs = dict(n_levels=nerf.n_levels, log2_hashmap_size=nerf.log2_hashmap_size, hidden_dim=nerf.hidden_dim,
-                  max_resolution=nerf.max_resolution, encoding_implementation=nerf.encoding,
-                  density_blob=nerf.density_blob, density_blob_scale=nerf.density_blob_scale,
-                  density_blob_radius=nerf.density_blob_radius)
-    if nerf.background == "white":
-        kwargs["background"] = "fixed"
-        kwargs["background_color"] = (1.0, 1.0, 1.0)
-    elif nerf.background == "random_solid":
-        kwargs["background"] = "random_solid"
-    if latent_channels:
-        kwargs["color_channels"] = latent_channels
-        kwargs["background"] = "fixed"
-        kwargs["background_color"] = tuple([0.0] * latent_channels)
-    return FieldConfig(**kwargs)
 
 
 def nerf_regularisers(out, nerf: NeRFConfig, lambda_nerf: float) -> dict[str, Tensor]:
@@ -184,7 +166,7 @@ def fit_nerf(
     params = grid_params + other_params
     log: list[dict] = []  # per checkpoint: step, each term's value and gradient norm
     gen = torch.Generator().manual_seed(seed)
-    shading_cfg = ShadingConfig(p_albedo=nerf.p_albedo, p_textureless=nerf.p_textureless, p_lambertian=nerf.p_lambertian)
+    shading_cfg = shading_config(nerf)
     t_max = None  # the SDS t range's upper end, annealed linearly when t_max_end is set
     if sds is not None:
         t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds.t_max_end > 0 else sds.t_max, steps)
