@@ -23,7 +23,6 @@ and the reconstruction-only check of the renderer. Resumable (a state file every
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from db3d.core.cameras import (
     view_prompt,
 )
 from db3d.core.config import NeRFConfig
+from db3d.core.resume import load_resume_state, save_resume_state
 from db3d.core.progress import bar as progress_bar
 from db3d.method.sds import sds_loss, to_model_space
 from db3d.models.backbones import Backbone
@@ -179,11 +179,9 @@ def fit_nerf(
     # 2. resume from the last state, if one was written
     step = 0
     state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = load_resume_state(state_path, optimizer, gen)
+    if state is not None:
         field.load_state_dict(state["field"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
         step = state["step"]
         log = state.get("log", [])
 
@@ -241,7 +239,7 @@ def fit_nerf(
         bar.update(1)
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if step < steps and checkpoint:
-            _save_state(state_path, step, field, optimizer, gen, log)
+            save_resume_state(state_path, step, optimizer, gen, field=field.state_dict(), log=log)
         if on_progress is not None and checkpoint:
             on_progress(step, {k: float(v.item()) for k, v in losses.items()}, field)
     bar.close()
@@ -270,12 +268,4 @@ def fit_diagnostics(ckpt: NerfCheckpoint, stage: str) -> dict[str, float]:
     out = {f"nerf.{stage}.loss.{k}": v for k, v in last["loss"].items()}
     out.update({f"nerf.{stage}.grad_norm.{k}": v for k, v in last["grad_norm"].items()})
     return out
-
-
-def _save_state(path: Path, step: int, field, optimizer, gen: torch.Generator, log: list) -> None:
-    state = {"step": step, "field": field.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
-             "log": log}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
