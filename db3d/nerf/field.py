@@ -23,9 +23,6 @@ from torch import Tensor, nn
 from db3d.core.config import NeRFConfig
 from db3d.nerf.encoding import BASE_RESOLUTION, FEATURES_PER_LEVEL, HashGridEncoding
 
-
-_NERF = NeRFConfig  # the run's NeRF section: the one home of every default the two share
-
 BACKGROUNDS = {"mlp": "mlp", "random_solid": "random_solid", "white": "fixed"}
 """NeRFConfig.background -> FieldConfig.background ("white" is a "fixed" background of colour 1, 1, 1)."""
 
@@ -52,32 +49,32 @@ class FieldConfig:
 
     bound_radius: float = 1.0
     # radius of the bounding sphere (world units); density is zero outside it
-    n_levels: int = _NERF.n_levels
+    n_levels: int = NeRFConfig.n_levels
     # hash-grid levels L (NeRFConfig.n_levels)
     features_per_level: int = FEATURES_PER_LEVEL
-    # features per level F (Instant-NGP: 2)
-    log2_hashmap_size: int = _NERF.log2_hashmap_size
+    # features per level F (encoding.FEATURES_PER_LEVEL)
+    log2_hashmap_size: int = NeRFConfig.log2_hashmap_size
     # log2 of the rows per level T (NeRFConfig.log2_hashmap_size)
     base_resolution: int = BASE_RESOLUTION
-    # coarsest grid resolution N_min (Instant-NGP, Magic3D: 16)
-    max_resolution: int = _NERF.max_resolution
+    # coarsest grid resolution N_min (encoding.BASE_RESOLUTION)
+    max_resolution: int = NeRFConfig.max_resolution
     # finest grid resolution N_max over the bounding cube (NeRFConfig.max_resolution)
-    encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = _NERF.encoding
+    encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = NeRFConfig.encoding
     # hash-grid backend (NeRFConfig.encoding): "tcnn" when tiny-cuda-nn is installed and the device
     # is CUDA; "torch_reference" is the previous, slower torch code (same values), for tests and benchmarks
-    hidden_dim: int = _NERF.hidden_dim
+    hidden_dim: int = NeRFConfig.hidden_dim
     # width of the density/albedo MLP (NeRFConfig.hidden_dim)
     n_hidden_layers: int = 2
     # hidden layers of that MLP (stable-dreamfusion: 3 layers of 64 in total)
     density_activation: Literal["softplus", "exp"] = "softplus"
     # density activation (DreamFusion: softplus; stable-dreamfusion: truncated exp)
-    density_blob: Literal["linear", "gaussian"] = _NERF.density_blob
+    density_blob: Literal["linear", "gaussian"] = NeRFConfig.density_blob
     # spatial bias of the density's pre-activation (NeRFConfig.density_blob): "linear" is DreamFusion's
     # lambda_tau * (1 - |x| / c) (also stable-dreamfusion's softplus branch), negative beyond c;
     # "gaussian" is lambda_tau * exp(-|x|^2 / (2 c^2)) (stable-dreamfusion's exp branch), never negative
-    density_blob_scale: float = _NERF.density_blob_scale
+    density_blob_scale: float = NeRFConfig.density_blob_scale
     # lambda_tau, the bias at the centre (NeRFConfig.density_blob_scale)
-    density_blob_radius: float = _NERF.density_blob_radius
+    density_blob_radius: float = NeRFConfig.density_blob_radius
     # c in world units: the bias is 0 at |x| = c (NeRFConfig.density_blob_radius); for "gaussian" the std
     color_channels: int = 3
     # channels of the colour output: 3 for RGB albedo; 4 for Latent-NeRF, whose field renders
@@ -89,7 +86,7 @@ class FieldConfig:
     # how normals are computed: central differences of density (6 extra density calls) or autograd
     normal_fd_eps: float = 1e-2
     # finite-difference step in world units (stable-dreamfusion: 1e-2)
-    background: Literal["mlp", "random_solid", "fixed"] = BACKGROUNDS[_NERF.background]
+    background: Literal["mlp", "random_solid", "fixed"] = BACKGROUNDS[NeRFConfig.background]
     # "mlp": learned colour from the view direction (DreamFusion); "random_solid": a random
     # colour while training (render_image: one per image), background_color in eval; "fixed":
     # background_color (NeRFConfig.background, through BACKGROUNDS)
