@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from analysis.stats import bootstrap_ci  # the report's bootstrap (trials resampled)
+from db3d.core.overrides import key_values
 from db3d.distributed.sink import read_results
 from db3d.distributed.spec import SWEEPS_DIR
 from db3d.distributed.sweep import main as sweep_main
@@ -95,14 +96,9 @@ def per_subject(ok: pd.DataFrame) -> str:
 
 
 def main(argv: list[str]) -> int:
-    opts = {"out": "", "subjects": "8", "subjects_seed": "", "sweep": "toyworld"}
-    passthrough = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in opts:
-            opts[key] = value
-        else:
-            passthrough.append(arg)
+    defaults = {"out": "", "subjects": "8", "subjects_seed": "", "sweep": "toyworld"}
+    given, passthrough = key_values(argv, defaults)  # the rest: sweep keys and run overrides
+    opts = {**defaults, **given}
     if not opts["out"]:
         print("bench: out=DIR is required", file=sys.stderr)
         return 2

@@ -17,17 +17,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from db3d.core.overrides import key_values
+
 
 def _kv(argv: list[str], defaults: dict) -> tuple[dict, list[str]]:
-    """key=value arguments whose key is in defaults (typed like the default); the rest returned."""
-    opts, rest = dict(defaults), []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in defaults:
-            opts[key] = type(defaults[key])(value) if defaults[key] is not None else value
-        else:
-            rest.append(arg)
-    return opts, rest
+    """key=value arguments whose key is in defaults (typed like the default) over the defaults; the rest."""
+    given, rest = key_values(argv, defaults)
+    return {**defaults, **given}, rest
 
 
 def samples_main(argv: list[str]) -> int:

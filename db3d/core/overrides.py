@@ -1,11 +1,63 @@
-"""Override keys checked before Hydra sees them: an unknown key is answered with the nearest valid
-one (`nerf.stpes=10` -> "did you mean nerf.steps=10?"), where Hydra would advise `+nerf.stpes`."""
+"""Command-line `key=value` arguments: db3d's one parser of a command's own keys (`key_values`),
+and the check of Hydra override keys before Hydra sees them: an unknown key is answered with the
+nearest valid one (`nerf.stpes=10` -> "did you mean nerf.steps=10?"), where Hydra would advise
+`+nerf.stpes`."""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 
 CONFIG_GROUPS = ("backbone", "method", "preset")  # folders of db3d/conf: `backbone=tiny-sd` picks a file
+
+
+class KeyValueError(ValueError):
+    """A `key=value` argument whose value its default's type cannot parse. The message is the type's
+    own (e.g. int's "invalid literal for int() with base 10: 'many'"); `key`, `value` and `kind`
+    (the type's name) let a command say it its way."""
+
+    def __init__(self, key: str, value: str, kind: str, message: str):
+        super().__init__(message)
+        self.key, self.value, self.kind = key, value, kind
+
+
+def _typed(key: str, value: str, default):
+    """`value` as the type of `default` (a str when the default is None or a str)."""
+    if default is None or isinstance(default, str):
+        return value
+    if isinstance(default, bool):  # bool("false") is True: spell it out
+        if value.lower() not in ("true", "false"):
+            raise KeyValueError(key, value, "bool", f"{key}={value!r}: must be true or false")
+        return value.lower() == "true"
+    kind = type(default)
+    try:
+        return kind(value)
+    except ValueError as err:
+        raise KeyValueError(key, value, kind.__name__, str(err)) from None
+
+
+def key_values(argv: Iterable[str], keys: dict | Iterable[str], lstrip: str = "") -> tuple[dict, list[str]]:
+    """Split command-line arguments into a command's own `key=value` settings and the rest.
+
+    keys: the command's keys; a dict's values are their defaults, which type the given values
+    (int("3"), float("7.5"); None or a str default: the string as given). lstrip: leading characters
+    dropped from a key (lstrip="-" reads `--out=DIR` as `out=DIR`).
+    Returns ({key: value} of the keys given, the last of a repeated key winning; defaults are not
+    filled in) and every other argument, in order. A value that its default's type cannot parse
+    raises KeyValueError.
+
+        key_values(["out=o", "n=3", "seed=1"], {"out": "", "n": 8})  ->  ({"out": "o", "n": 3}, ["seed=1"])
+    """
+    defaults = keys if isinstance(keys, dict) else dict.fromkeys(keys)
+    given, rest = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip(lstrip) if lstrip else key
+        if sep and key in defaults:
+            given[key] = _typed(key, value, defaults[key])
+        else:
+            rest.append(arg)
+    return given, rest
 
 
 def nearest_key(key: str, keys: list[str]) -> str | None:

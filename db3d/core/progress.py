@@ -26,6 +26,8 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
+from db3d.core.artifacts import atomic_write_text
+
 PROGRESS_DIR_ENV = "DB3D_PROGRESS_DIR"
 WRITE_EVERY_S = 5.0  # a worker rewrites its record at most this often (the driver prints every 10 s)
 
@@ -81,10 +83,7 @@ class ProgressFile:
         record = {"trial": self.label, "stage": stage, "step": int(step), "total": total, "time": now,
                   "closed": closed}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(record))
         except OSError:  # progress is best effort: never fail the work over it
             return False
         self.last_write = now
@@ -156,9 +155,12 @@ def bar(**kwargs) -> Bar:
 
 
 def read_records(folder: Path) -> list[dict]:
-    """Every worker's latest record in ``folder`` (unreadable or half-written files skipped)."""
+    """Every worker's latest record in ``folder`` (unreadable or half-written files, and the hidden
+    temp files of writes under way, skipped)."""
     records = []
     for path in sorted(Path(folder).glob("*.json")):
+        if path.name.startswith("."):  # atomic_write_text's temp file: the record is not there yet
+            continue
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from db3d.core.config import ConfigError, compose, quote
+from db3d.core.overrides import key_values
 from db3d.core.progress import PROGRESS_DIR_ENV
 
 from .artifact_store import start_locks
@@ -40,15 +41,9 @@ SWEEP_KEYS = ("sweep", "out", "reuse", "max_concurrent", "trainer", "max_failure
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     """Sweep keys (sweep=, out=, ...) and the remaining Hydra overrides for every trial."""
-    opts, overrides = {}, []
-    for arg in argv:
-        key = arg.split("=", 1)[0].lstrip("-")
-        if key == "no-reuse":
-            opts["reuse"] = "false"
-        elif "=" in arg and key in SWEEP_KEYS:
-            opts[key] = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
+    # `--no-reuse` (any number of leading dashes) is reuse=false, in its place among the arguments
+    argv = ["reuse=false" if arg.split("=", 1)[0].lstrip("-") == "no-reuse" else arg for arg in argv]
+    opts, overrides = key_values(argv, SWEEP_KEYS, lstrip="-")
     if "sweep" not in opts or "out" not in opts:
         raise SweepError("db3d sweep needs sweep=NAME_OR_PATH and out=DIR")
     return opts, overrides

@@ -40,6 +40,7 @@ from db3d.core.artifacts import (
 )
 from db3d.core.config import DreamBoothConfig
 from db3d.core.progress import bar as progress_bar
+from db3d.core.resume import load_resume_state, save_resume_state
 from db3d.method.data_parallel import barrier, data_parallel, gather_objects, rank_and_world
 from db3d.models import diffusion
 from db3d.models.backbones import DTYPES, Backbone, cast, full_finetune_gib, shared_copy
@@ -328,18 +329,13 @@ def train_dreambooth(
     # 3. resume from the last training state, if one was written
     step = 0
     state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = load_resume_state(state_path, optimizer, gen, rank, world)
+    if state is not None:
         named = dict(unet.named_parameters())
         for name, value in state["unet"].items():
             named[name].data.copy_(value)
         if text_encoder is not None and "text_encoder" in state:
             text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        if world > 1 and len(state.get("rng_ranks", ())) != world:
-            raise RuntimeError(f"{state_path}: a training state of {len(state.get('rng_ranks', ())) or 1} rank(s); "
-                               f"this run has {world}")
-        gen.set_state(state["rng_ranks"][rank] if world > 1 else state["rng"])
         step = state["step"]
 
     # 4. the training loop
@@ -399,20 +395,12 @@ def train_dreambooth(
 
 def _save_state(path: Path, step: int, unet, text_encoder, optimizer, gen: torch.Generator,
                 rng_ranks: list[Tensor] | None = None) -> None:
-    """The resumable state; `rng_ranks`: every rank's generator state when data parallel."""
-    state = {
-        "step": step,
-        "unet": {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "rng": gen.get_state(),
-    }
-    if rng_ranks is not None:
-        state["rng_ranks"] = rng_ranks
+    """The resumable state (the trained UNet weights, + the text encoder's); `rng_ranks`: every
+    rank's generator state when data parallel. Each replaces the last (db3d/core/resume.py)."""
+    parts = {"unet": {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}}
     if text_encoder is not None:
-        state["text_encoder"] = text_encoder.state_dict()
-    # the one resume state of the run: each replaces the last (one fixed temp name: a killed save
-    # leaves one temp file, which the next save replaces)
-    atomic_write(path, lambda tmp: torch.save(state, tmp), per_process=False)
+        parts["text_encoder"] = text_encoder.state_dict()
+    save_resume_state(path, step, optimizer, gen, rng_ranks, **parts)
     print(f"DreamBooth resume state at step {step}: {path.stat().st_size / 2**20:.1f} MiB ({path})", flush=True)
 
 

@@ -23,7 +23,6 @@ and the reconstruction-only check of the renderer. Resumable (a state file every
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,21 +37,22 @@ from db3d.core.cameras import (
     view_prompt,
 )
 from db3d.core.config import NeRFConfig
+from db3d.core.resume import load_resume_state, save_resume_state
 from db3d.core.progress import bar as progress_bar
 from db3d.method.sds import sds_loss, to_model_space
 from db3d.models.backbones import Backbone
 from db3d.nerf import (
-    FieldConfig,
     LinearSchedule,
     NeRFField,
-    ShadingConfig,
     distortion_loss,
+    field_config,
     opacity_entropy_loss,
     opacity_sparsity_loss,
     orientation_loss,
     reconstruction_loss,
     render_image,
     sample_shading_mode,
+    shading_config,
 )
 from db3d.nerf.io import load_field, save_field
 
@@ -84,24 +84,6 @@ class ReconTerm:
     weight: float = 1.0
     p: int = 1
     views_per_step: int = 1
-
-
-def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
-    """The NeRF architecture from the run config (latent_channels > 0: a Latent-NeRF field)."""
-    kwargs = dict(n_levels=nerf.n_levels, log2_hashmap_size=nerf.log2_hashmap_size, hidden_dim=nerf.hidden_dim,
-                  max_resolution=nerf.max_resolution, encoding_implementation=nerf.encoding,
-                  density_blob=nerf.density_blob, density_blob_scale=nerf.density_blob_scale,
-                  density_blob_radius=nerf.density_blob_radius)
-    if nerf.background == "white":
-        kwargs["background"] = "fixed"
-        kwargs["background_color"] = (1.0, 1.0, 1.0)
-    elif nerf.background == "random_solid":
-        kwargs["background"] = "random_solid"
-    if latent_channels:
-        kwargs["color_channels"] = latent_channels
-        kwargs["background"] = "fixed"
-        kwargs["background_color"] = tuple([0.0] * latent_channels)
-    return FieldConfig(**kwargs)
 
 
 def nerf_regularisers(out, nerf: NeRFConfig, lambda_nerf: float) -> dict[str, Tensor]:
@@ -184,7 +166,7 @@ def fit_nerf(
     params = grid_params + other_params
     log: list[dict] = []  # per checkpoint: step, each term's value and gradient norm
     gen = torch.Generator().manual_seed(seed)
-    shading_cfg = ShadingConfig(p_albedo=nerf.p_albedo, p_textureless=nerf.p_textureless, p_lambertian=nerf.p_lambertian)
+    shading_cfg = shading_config(nerf)
     t_max = None  # the SDS t range's upper end, annealed linearly when t_max_end is set
     if sds is not None:
         t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds.t_max_end > 0 else sds.t_max, steps)
@@ -197,11 +179,9 @@ def fit_nerf(
     # 2. resume from the last state, if one was written
     step = 0
     state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = load_resume_state(state_path, optimizer, gen)
+    if state is not None:
         field.load_state_dict(state["field"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
         step = state["step"]
         log = state.get("log", [])
 
@@ -259,7 +239,7 @@ def fit_nerf(
         bar.update(1)
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if step < steps and checkpoint:
-            _save_state(state_path, step, field, optimizer, gen, log)
+            save_resume_state(state_path, step, optimizer, gen, field=field.state_dict(), log=log)
         if on_progress is not None and checkpoint:
             on_progress(step, {k: float(v.item()) for k, v in losses.items()}, field)
     bar.close()
@@ -288,12 +268,4 @@ def fit_diagnostics(ckpt: NerfCheckpoint, stage: str) -> dict[str, float]:
     out = {f"nerf.{stage}.loss.{k}": v for k, v in last["loss"].items()}
     out.update({f"nerf.{stage}.grad_norm.{k}": v for k, v in last["grad_norm"].items()})
     return out
-
-
-def _save_state(path: Path, step: int, field, optimizer, gen: torch.Generator, log: list) -> None:
-    state = {"step": step, "field": field.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
-             "log": log}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 

@@ -1,7 +1,7 @@
 """NeRF for score distillation: hash-grid field, shading, volume rendering in a sphere, losses."""
 
 from db3d.nerf.encoding import HashGridEncoding, hash_grid_layout, hash_grid_torch
-from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField
+from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField, field_config
 from db3d.nerf.losses import (
     LinearSchedule,
     distortion_loss,
@@ -18,7 +18,7 @@ from db3d.nerf.render import (
     render_rays,
     render_views,
 )
-from db3d.nerf.shading import ShadingConfig, lambertian, sample_shading_mode, shade
+from db3d.nerf.shading import ShadingConfig, lambertian, sample_shading_mode, shade, shading_config
 
 __all__ = [
     "FieldConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "RayRender",
     "ShadingConfig",
     "distortion_loss",
+    "field_config",
     "hash_grid_layout",
     "hash_grid_torch",
     "intersect_sphere",
@@ -43,4 +44,5 @@ __all__ = [
     "render_views",
     "sample_shading_mode",
     "shade",
+    "shading_config",
 ]

@@ -21,6 +21,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from db3d.core.config import NeRFConfig
+
+FEATURES_PER_LEVEL = 2
+"""Features per hash-grid level F (Instant-NGP: 2); the default of FieldConfig and HashGridEncoding."""
+BASE_RESOLUTION = 16
+"""Coarsest grid resolution N_min (Instant-NGP, Magic3D: 16); the default of FieldConfig and HashGridEncoding."""
+
 HASH_PRIMES = (1, 2654435761, 805459861)  # Instant-NGP / tiny-cuda-nn's coherent prime hash
 
 
@@ -387,13 +394,13 @@ class HashGridEncoding(nn.Module):
 
     def __init__(
         self,
-        n_levels: int = 16,
-        features_per_level: int = 2,
-        log2_hashmap_size: int = 19,
-        base_resolution: int = 16,
+        n_levels: int = NeRFConfig.n_levels,
+        features_per_level: int = FEATURES_PER_LEVEL,
+        log2_hashmap_size: int = NeRFConfig.log2_hashmap_size,
+        base_resolution: int = BASE_RESOLUTION,
         per_level_scale: float | None = None,
-        max_resolution: int = 2048,
-        implementation: Literal["torch", "tcnn", "torch_reference"] = "torch",
+        max_resolution: int = NeRFConfig.max_resolution,
+        implementation: Literal["torch", "tcnn", "torch_reference"] = NeRFConfig.encoding,
         device: torch.device | str | None = None,
         init_scale: float = 1e-4,
     ) -> None:

@@ -20,43 +20,62 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from db3d.nerf.encoding import HashGridEncoding
+from db3d.core.config import NeRFConfig
+from db3d.nerf.encoding import BASE_RESOLUTION, FEATURES_PER_LEVEL, HashGridEncoding
+
+BACKGROUNDS = {"mlp": "mlp", "random_solid": "random_solid", "white": "fixed"}
+"""NeRFConfig.background -> FieldConfig.background ("white" is a "fixed" background of colour 1, 1, 1)."""
+
+FROM_NERF_CONFIG = {
+    "n_levels": "n_levels",
+    "log2_hashmap_size": "log2_hashmap_size",
+    "max_resolution": "max_resolution",
+    "encoding_implementation": "encoding",
+    "hidden_dim": "hidden_dim",
+    "density_blob": "density_blob",
+    "density_blob_scale": "density_blob_scale",
+    "density_blob_radius": "density_blob_radius",
+}
+"""FieldConfig field -> the NeRFConfig field it is copied from (``field_config``); ``background``
+is mapped through ``BACKGROUNDS``. Each of these takes its default from NeRFConfig, where it is
+documented; the other FieldConfig fields are the field's own."""
 
 
 @dataclass
 class FieldConfig:
-    """Architecture of ``NeRFField``; defaults follow Instant-NGP / stable-dreamfusion."""
+    """Architecture of ``NeRFField``. Fields shared with the run config (``FROM_NERF_CONFIG``) take
+    their defaults from ``NeRFConfig``, which documents them; the others follow Instant-NGP /
+    stable-dreamfusion."""
 
     bound_radius: float = 1.0
     # radius of the bounding sphere (world units); density is zero outside it
-    n_levels: int = 16
-    # hash-grid levels L (Instant-NGP and Magic3D: 16)
-    features_per_level: int = 2
-    # features per level F (Instant-NGP: 2)
-    log2_hashmap_size: int = 19
-    # log2 of the rows per level T (Instant-NGP: 14-24; stable-dreamfusion and Magic3D: 19)
-    base_resolution: int = 16
-    # coarsest grid resolution N_min (Instant-NGP, Magic3D: 16)
-    max_resolution: int = 2048
-    # finest grid resolution N_max over the bounding cube (stable-dreamfusion: 2048 * bound)
-    encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = "torch"
-    # hash-grid backend: "tcnn" when tiny-cuda-nn is installed and the device is CUDA;
-    # "torch_reference" is the previous, slower torch code (same values), for tests and benchmarks
-    hidden_dim: int = 64
-    # width of the density/albedo MLP (stable-dreamfusion: 64)
+    n_levels: int = NeRFConfig.n_levels
+    # hash-grid levels L (NeRFConfig.n_levels)
+    features_per_level: int = FEATURES_PER_LEVEL
+    # features per level F (encoding.FEATURES_PER_LEVEL)
+    log2_hashmap_size: int = NeRFConfig.log2_hashmap_size
+    # log2 of the rows per level T (NeRFConfig.log2_hashmap_size)
+    base_resolution: int = BASE_RESOLUTION
+    # coarsest grid resolution N_min (encoding.BASE_RESOLUTION)
+    max_resolution: int = NeRFConfig.max_resolution
+    # finest grid resolution N_max over the bounding cube (NeRFConfig.max_resolution)
+    encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = NeRFConfig.encoding
+    # hash-grid backend (NeRFConfig.encoding): "tcnn" when tiny-cuda-nn is installed and the device
+    # is CUDA; "torch_reference" is the previous, slower torch code (same values), for tests and benchmarks
+    hidden_dim: int = NeRFConfig.hidden_dim
+    # width of the density/albedo MLP (NeRFConfig.hidden_dim)
     n_hidden_layers: int = 2
     # hidden layers of that MLP (stable-dreamfusion: 3 layers of 64 in total)
     density_activation: Literal["softplus", "exp"] = "softplus"
     # density activation (DreamFusion: softplus; stable-dreamfusion: truncated exp)
-    density_blob: Literal["linear", "gaussian"] = "linear"
-    # spatial bias of the density's pre-activation: "linear" is DreamFusion's
+    density_blob: Literal["linear", "gaussian"] = NeRFConfig.density_blob
+    # spatial bias of the density's pre-activation (NeRFConfig.density_blob): "linear" is DreamFusion's
     # lambda_tau * (1 - |x| / c) (also stable-dreamfusion's softplus branch), negative beyond c;
     # "gaussian" is lambda_tau * exp(-|x|^2 / (2 c^2)) (stable-dreamfusion's exp branch), never negative
-    density_blob_scale: float = 5.0
-    # lambda_tau, the bias at the centre (DreamFusion: 5; stable-dreamfusion's blob_density: 5-10)
-    density_blob_radius: float = 0.4
-    # c in world units: the bias is 0 at |x| = c (DreamFusion: 0.5 of its scene scale;
-    # stable-dreamfusion's blob_radius: 0.2-0.5); for "gaussian" the std
+    density_blob_scale: float = NeRFConfig.density_blob_scale
+    # lambda_tau, the bias at the centre (NeRFConfig.density_blob_scale)
+    density_blob_radius: float = NeRFConfig.density_blob_radius
+    # c in world units: the bias is 0 at |x| = c (NeRFConfig.density_blob_radius); for "gaussian" the std
     color_channels: int = 3
     # channels of the colour output: 3 for RGB albedo; 4 for Latent-NeRF, whose field renders
     # Stable Diffusion latents directly
@@ -67,16 +86,32 @@ class FieldConfig:
     # how normals are computed: central differences of density (6 extra density calls) or autograd
     normal_fd_eps: float = 1e-2
     # finite-difference step in world units (stable-dreamfusion: 1e-2)
-    background: Literal["mlp", "random_solid", "fixed"] = "mlp"
+    background: Literal["mlp", "random_solid", "fixed"] = BACKGROUNDS[NeRFConfig.background]
     # "mlp": learned colour from the view direction (DreamFusion); "random_solid": a random
     # colour while training (render_image: one per image), background_color in eval; "fixed":
-    # background_color
+    # background_color (NeRFConfig.background, through BACKGROUNDS)
     background_color: tuple[float, ...] = (1.0, 1.0, 1.0)
     # colour of the "fixed" background and of "random_solid" in eval mode (color_channels long)
     background_hidden_dim: int = 32
     # width of the background MLP (one hidden layer)
     background_n_frequencies: int = 4
     # sinusoidal frequencies of the view-direction encoding for the background MLP
+
+
+def field_config(nerf: NeRFConfig, latent_channels: int = 0) -> FieldConfig:
+    """The field of a run's NeRF section: the ``FROM_NERF_CONFIG`` fields copied, ``background``
+    mapped through ``BACKGROUNDS``, every other field at its FieldConfig default.
+
+    latent_channels > 0: a Latent-NeRF field, rendering that many latent channels over a fixed
+    background of zeros (whatever nerf.background says).
+    """
+    if nerf.background not in BACKGROUNDS:
+        raise ValueError(f"nerf.background={nerf.background!r}: must be one of {', '.join(BACKGROUNDS)}")
+    kwargs = {name: getattr(nerf, source) for name, source in FROM_NERF_CONFIG.items()}
+    kwargs["background"] = BACKGROUNDS[nerf.background]
+    if latent_channels:
+        kwargs.update(color_channels=latent_channels, background="fixed", background_color=(0.0,) * latent_channels)
+    return FieldConfig(**kwargs)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -11,15 +10,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from db3d.core.artifacts import atomic_write
 from db3d.nerf.field import FieldConfig, NeRFField
 
 FIELD_FORMAT = "db3d.NeRFField/1"
 """``format`` entry of a saved field's safetensors metadata."""
-
-
-def tmp_path_for(path: Path) -> Path:
-    """``dir/.name.tmp.ext``: hidden, and keeps the suffix that writers pick a format from."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
 def field_device(field: torch.nn.Module) -> torch.device:
@@ -47,16 +42,9 @@ def save_field(field: NeRFField, path: Path) -> Path:
     """Save a ``NeRFField`` as safetensors, its ``FieldConfig`` as JSON in the metadata."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FIELD_FORMAT, "field_config": json.dumps(asdict(field.config))}
-    tmp = tmp_path_for(path)
-    try:
-        save_file(_canonical_state(field), str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    state = _canonical_state(field)
+    return atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def read_field_config(path: Path) -> FieldConfig:

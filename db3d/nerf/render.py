@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from db3d.core.cameras import CameraBatch, generate_rays
-from db3d.nerf.shading import ShadingMode, needs_normals, shade
+from db3d.core.config import NeRFConfig
+from db3d.nerf.shading import AMBIENT, DIFFUSE, ShadingMode, needs_normals, shade
 
 
 @dataclass
@@ -108,12 +109,12 @@ def render_rays(
     field,
     origins: Tensor,  # (R, 3)
     directions: Tensor,  # (R, 3) unit
-    n_samples: int = 64,
+    n_samples: int = NeRFConfig.n_samples,
     jitter: bool = False,
     shading: ShadingMode = "albedo",
     light_pos: Tensor | None = None,  # (R, 3) or (3,), needed unless shading == "albedo"
-    ambient: float = 0.1,
-    diffuse: float = 0.9,
+    ambient: float = AMBIENT,
+    diffuse: float = DIFFUSE,
     background: Tensor | None = None,  # (R, C) or (C,); None asks field.background(directions)
     compute_normals: bool = False,
     radius: float | None = None,
@@ -196,11 +197,11 @@ def _cat_renders(parts: list[RayRender]) -> RayRender:
 def render_image(
     field,
     cams: CameraBatch,
-    n_samples: int = 64,
+    n_samples: int = NeRFConfig.n_samples,
     jitter: bool = False,
     shading: ShadingMode = "albedo",
-    ambient: float = 0.1,
-    diffuse: float = 0.9,
+    ambient: float = AMBIENT,
+    diffuse: float = DIFFUSE,
     background: Tensor | None = None,  # (C,) or (B, C): one colour per image
     compute_normals: bool = False,
     chunk: int = 4096,

@@ -15,32 +15,45 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from db3d.core.config import NeRFConfig
+
 ShadingMode = Literal["albedo", "textureless", "lambertian"]
 SHADING_MODES: tuple[ShadingMode, ...] = ("albedo", "textureless", "lambertian")
+
+AMBIENT = 0.1
+"""Ambient light l_a (DreamFusion and stable-dreamfusion: 0.1); the default of every shading call."""
+DIFFUSE = 0.9
+"""Point-light intensity l_p (stable-dreamfusion: 1 - ambient); the default of every shading call."""
 
 
 @dataclass(frozen=True)
 class ShadingConfig:
-    """How renders are lit during optimisation."""
+    """How renders are lit during optimisation. The mode probabilities take their defaults from
+    ``NeRFConfig`` (documented there; ``shading_config`` copies a run's)."""
 
-    p_albedo: float = 0.2
+    p_albedo: float = NeRFConfig.p_albedo
     # probability of an albedo-only render (no lighting)
-    p_textureless: float = 0.4
+    p_textureless: float = NeRFConfig.p_textureless
     # probability of a textureless render: white albedo, Lambertian lighting (DreamFusion)
-    p_lambertian: float = 0.4
+    p_lambertian: float = NeRFConfig.p_lambertian
     # probability of a shaded render: albedo * Lambertian lighting (DreamFusion)
-    ambient: float = 0.1
-    # ambient light l_a (DreamFusion and stable-dreamfusion: 0.1)
-    diffuse: float = 0.9
-    # point-light intensity l_p (stable-dreamfusion: 1 - ambient)
+    ambient: float = AMBIENT
+    # ambient light l_a
+    diffuse: float = DIFFUSE
+    # point-light intensity l_p
+
+
+def shading_config(nerf: NeRFConfig) -> ShadingConfig:
+    """The shading of a run's NeRF section: its three mode probabilities (the names are shared)."""
+    return ShadingConfig(p_albedo=nerf.p_albedo, p_textureless=nerf.p_textureless, p_lambertian=nerf.p_lambertian)
 
 
 def lambertian(
     normal: Tensor,  # (..., 3) unit normals
     points: Tensor,  # (..., 3) surface / sample positions
     light_pos: Tensor,  # (..., 3) point-light position (broadcastable)
-    ambient: float = 0.1,
-    diffuse: float = 0.9,
+    ambient: float = AMBIENT,
+    diffuse: float = DIFFUSE,
 ) -> Tensor:  # (..., 1)
     """Light reaching a Lambertian point: ``ambient + diffuse * max(0, n . l)``."""
     light_dir = torch.nn.functional.normalize(light_pos - points, dim=-1, eps=1e-8)
@@ -54,8 +67,8 @@ def shade(
     normal: Tensor | None = None,  # (..., 3), needed unless mode == "albedo"
     points: Tensor | None = None,  # (..., 3)
     light_pos: Tensor | None = None,  # (..., 3) broadcastable
-    ambient: float = 0.1,
-    diffuse: float = 0.9,
+    ambient: float = AMBIENT,
+    diffuse: float = DIFFUSE,
 ) -> Tensor:  # (..., 3)
     """Sample colour under one shading mode."""
     if mode == "albedo":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from db3d.core.artifacts import atomic_write, atomic_write_json
 from db3d.core.cameras import sample_random_cameras
+from db3d.core.overrides import KeyValueError, key_values
 from db3d.core.progress import bar
 from db3d.models import diffusion
 from db3d.models import toy_prior as prior
@@ -82,17 +83,14 @@ class PriorTrainConfig:
 
 def parse(argv: list[str]) -> PriorTrainConfig:
     """key=value arguments -> config; unknown keys and bad values fail naming the key."""
-    cfg = PriorTrainConfig()
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"train-prior: unknown argument {arg!r}; keys: {', '.join(fields)}")
-        kind = type(getattr(cfg, key))
-        try:
-            setattr(cfg, key, kind(value))
-        except ValueError:
-            raise ValueError(f"train-prior: {key}={value!r} is not a {kind.__name__}") from None
+    defaults = dataclasses.asdict(PriorTrainConfig())
+    try:
+        given, rest = key_values(argv, defaults)
+    except KeyValueError as err:
+        raise ValueError(f"train-prior: {err.key}={err.value!r} is not a {err.kind}") from None
+    if rest:
+        raise ValueError(f"train-prior: unknown argument {rest[0]!r}; keys: {', '.join(defaults)}")
+    cfg = PriorTrainConfig(**given)
     if not cfg.out:
         raise ValueError("train-prior: out=DIR is required")
     if cfg.resolution % 8 or cfg.batch < 1 or cfg.steps < 1:

@@ -64,3 +64,11 @@ def test_bar_writes_where_the_environment_says_and_nowhere_otherwise(tmp_path, m
     assert rec["stage"] == "DreamBooth full" and rec["step"] == 1 and rec["closed"] and rec["trial"]
     (folder / "broken.json").write_text("{half")  # a reader never fails on a half-written file
     assert len(read_records(folder)) == 1
+
+
+def test_a_record_is_written_atomically_and_a_write_under_way_is_not_read(tmp_path):
+    record = ProgressFile(tmp_path, clock=Clock(), label="t")
+    assert record.write("stage", 1, 10)
+    assert [p.name for p in tmp_path.iterdir()] == [record.path.name]  # no temp file left behind
+    (tmp_path / ".other.123.tmp.json").write_text(json.dumps({"trial": "x"}))  # another worker mid-write
+    assert [r["trial"] for r in read_records(tmp_path)] == ["t"]

@@ -489,8 +489,7 @@ def test_untrained_field_is_empty_at_the_frame_edges_and_moderate_at_the_centre(
     (The Gaussian bias that never went negative gave border opacity 0.65-1.0 and a 0.999 mean.)"""
     from db3d.core.cameras import cameras_at
     from db3d.core.config import compose
-    from db3d.method.fit import field_config
-    from db3d.nerf import render_views
+    from db3d.nerf import field_config, render_views
 
     nerf = compose([f"preset={preset}"] + (["backbone=toy"] if preset == "toy" else [])).nerf
     torch.manual_seed(0)

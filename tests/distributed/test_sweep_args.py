@@ -1,0 +1,21 @@
+"""`db3d sweep`'s own arguments (distributed/sweep.py: parse_args, through core's key_values): no Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from db3d.distributed.spec import SweepError
+from db3d.distributed.sweep import parse_args
+
+
+def test_sweep_keys_dashed_or_not_and_the_rest_as_run_overrides_in_order():
+    opts, overrides = parse_args(["sweep=s", "--out=o=1", "nerf.steps=4", "-gpu=1", "gpu", "preset=smoke"])
+    assert opts == {"sweep": "s", "out": "o=1", "gpu": "1"}
+    assert overrides == ["nerf.steps=4", "gpu", "preset=smoke"]
+
+
+def test_no_reuse_is_reuse_false_in_its_place():
+    assert parse_args(["sweep=s", "out=o", "reuse=true", "--no-reuse"])[0]["reuse"] == "false"
+    assert parse_args(["sweep=s", "out=o", "--no-reuse", "reuse=true"])[0]["reuse"] == "true"  # the last wins
+    with pytest.raises(SweepError, match="sweep=NAME_OR_PATH and out=DIR"):
+        parse_args(["sweep=s", "nerf.steps=4"])
