@@ -128,7 +128,7 @@ def shaded_renders(reps: int = 3) -> None:
     """Forward + backward of a Lambertian render (toy preset field, 32 px, 2 views): FD vs autograd normals."""
     from db3d.core.cameras import sample_random_cameras
     from db3d.core.config import compose
-    from db3d.method.fit import field_config
+    from db3d.nerf.field import field_config
     from db3d.nerf import NeRFField, render_image
 
     nerf = compose(["backbone=toy", "preset=toy"]).nerf

@@ -89,7 +89,7 @@ def test_a_probed_fit_is_the_same_fit(toys, tmp_path):
 
 def test_clip_signals_with_random_weights(tmp_path):
     """CLIP-T / CLIP-I / DINO on the probe views (random weights here: the machinery only)."""
-    from db3d.method.fit import field_config
+    from db3d.nerf.field import field_config
     from db3d.nerf import NeRFField
 
     cfg = compose(["preset=smoke", "metrics.weights=random"])
