@@ -18,6 +18,7 @@ normalised with the model's own constants as tensor ops (no PIL), so renders sta
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,22 @@ def resolve_dino_weights(weights: str | None, cache_dir: str | None = None) -> s
 # ----------------------------------------------------------------------------- loading
 
 
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of metrics.weights=random models: the same random model in every process (a trial, a Ray
+Train stage worker, `db3d metrics`), so their rows compare across runs and executors."""
+
+
+@contextlib.contextmanager
+def _seeded(on: bool):
+    """Build under torch's RNG seeded with RANDOM_WEIGHTS_SEED (when on), leaving the caller's RNG as it was."""
+    if not on:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
+
+
 def load_clip(
     name: str,
     weights: str | None = None,
@@ -243,12 +260,13 @@ def load_clip(
     path = resolve_clip_weights(name, weights, tag, cache_dir)
     pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
     # 2. build the architecture and load the state dict (strict)
-    model = open_clip.create_model(
-        name,
-        pretrained=None if path == "random" else path,
-        force_quick_gelu=bool(pretrained_cfg.get("quick_gelu", False)),
-        device=device,
-    )
+    with _seeded(path == "random"):
+        model = open_clip.create_model(
+            name,
+            pretrained=None if path == "random" else path,
+            force_quick_gelu=bool(pretrained_cfg.get("quick_gelu", False)),
+            device=device,
+        )
     model.eval().requires_grad_(False)
     # 3. the tokenizer: open_clip's BPE vocabulary ships inside the package
     tokenizer = open_clip.get_tokenizer(name)
@@ -278,7 +296,8 @@ def load_dino(
     path = resolve_dino_weights(weights, cache_dir)
     # 2. build the architecture; timm loads a local file strictly through its checkpoint filter
     if path == "random":
-        model = timm.create_model(DINO_TIMM, pretrained=False, num_classes=0)
+        with _seeded(True):
+            model = timm.create_model(DINO_TIMM, pretrained=False, num_classes=0)
     else:
         model = timm.create_model(DINO_TIMM, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": path})
     model = model.to(device).eval().requires_grad_(False)

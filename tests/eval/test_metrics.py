@@ -281,3 +281,16 @@ def test_larger_clip_models_build_with_random_weights(name, dim):  # ~4 s each o
     assert model.name == name and model.size == 224
     assert model.embed_images(torch.rand(1, 3, 64, 64)).shape == (1, dim)
     assert model.embed_texts(["a dog"]).shape == (1, dim)
+
+
+def test_random_weights_are_the_same_in_every_process_and_leave_the_callers_rng_alone(clip_b32, dino):
+    """metrics.weights=random models are seeded: a trial and a Ray Train stage worker, whose RNGs
+    have seen different histories, score with the same random model."""
+    torch.manual_seed(1234)
+    torch.randn(17)  # another RNG history than the fixtures'
+    expected_next = torch.random.get_rng_state()
+    clip_again, dino_again = load_clip("ViT-B-32", weights="random"), load_dino(weights="random")
+    assert torch.equal(torch.random.get_rng_state(), expected_next)  # the caller's RNG is untouched
+    for a, b in ((clip_b32, clip_again), (dino, dino_again)):
+        for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            assert torch.equal(p, q), name
