@@ -479,9 +479,9 @@ def test_browser_session_survives_a_killed_server(study, tmp_path, monkeypatch):
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     try:
         from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as EC
         from selenium.webdriver.support.ui import WebDriverWait
     except ImportError:
         missing.append("selenium (pip install selenium)")
@@ -518,7 +518,12 @@ def test_browser_session_survives_a_killed_server(study, tmp_path, monkeypatch):
             choice = "A" if step % 3 else "B"
             button = driver.find_element(By.ID, f"choose-{choice.lower()}")
             button.click()
-            WebDriverWait(driver, 10).until(EC.staleness_of(button))
+            # the next page is in: its item differs (items are distinct) or the study is done. Not
+            # EC.staleness_of(button): ChromeDriver may answer a query on the replaced page's node with
+            # "unhandled inspector error" (a WebDriverException) instead of a stale-element error
+            WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+                lambda d, item=item: d.find_elements(By.ID, "done")
+                or d.find_element(By.NAME, "item").get_attribute("value") != item)
             clicks[item] = choice
         assert driver.find_elements(By.ID, "done") and len(clicks) == ITEMS
     finally:
