@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from db3d.core.artifacts import atomic_write_text
 
 PROGRESS_DIR_ENV = "DB3D_PROGRESS_DIR"
+PROGRESS_LABEL_ENV = "DB3D_PROGRESS_LABEL"  # the trial a process's records belong to
 WRITE_EVERY_S = 5.0  # a worker rewrites its record at most this often (the driver prints every 10 s)
 
 
@@ -37,29 +36,9 @@ def _quiet() -> bool:
 
 
 def _trial_label() -> str:
-    """Which trial this process works for: the Tune trial id inside a Tune trainable, else the Ray
-    Train run's name (the sweep names them after the trial: ``train-<trial id>``), else the PID.
-    Ray is asked only when this process has already imported it (a sweep worker has)."""
-    if "ray" in sys.modules:
-        with warnings.catch_warnings():  # outside a session Ray warns and returns None
-            warnings.simplefilter("ignore")
-            try:
-                from ray import tune  # noqa: PLC0415
-
-                trial_id = tune.get_context().get_trial_id()
-                if trial_id:
-                    return str(trial_id)
-            except Exception:  # not in a Tune session, or a Ray without this API
-                pass
-            try:
-                from ray import train  # noqa: PLC0415
-
-                name = train.get_context().get_experiment_name()
-                if name:
-                    return str(name)
-            except Exception:
-                pass
-    return f"pid {os.getpid()}"
+    """Which trial this process works for: DB3D_PROGRESS_LABEL, set by the layer that runs trials
+    (db3d/distributed: the trial process and each of its Ray Train stage workers), else the PID."""
+    return os.environ.get(PROGRESS_LABEL_ENV) or f"pid {os.getpid()}"
 
 
 class ProgressFile:
@@ -69,7 +48,7 @@ class ProgressFile:
                  label: str | None = None):
         self.path = Path(folder) / f"{socket.gethostname()}-{os.getpid()}.json"
         self.every_s, self.clock = every_s, clock
-        self.fixed_label, self.label = label, label  # None: asked of Ray at every forced write
+        self.fixed_label, self.label = label, label  # None: read from the environment at every forced write
         self.last_write = float("-inf")
 
     def write(self, stage: str, step: int, total: int | None, closed: bool = False, force: bool = False) -> bool:

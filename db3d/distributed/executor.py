@@ -29,6 +29,7 @@ from typing import Any, Callable
 import ray
 
 from db3d.core.artifacts import DreamBoothCheckpoint
+from db3d.core.progress import PROGRESS_LABEL_ENV
 from db3d.core.results import process_peaks, reset_process_peaks
 from db3d.distributed.artifact_store import installed
 from db3d.method.executor import StageCost
@@ -105,6 +106,7 @@ def _stage_worker(config: dict) -> None:
     import ray.train.torch  # heavy (~2 s): as above
 
     os.environ["DB3D_QUIET"] = "1"
+    os.environ[PROGRESS_LABEL_ENV] = config["trial_id"]  # its progress records name the trial
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     marker = os.environ.get("DB3D_TRIAL_PID_DIR")  # tests: where a stage worker announces its PID
@@ -154,7 +156,8 @@ class RayTrainExecutor:
         trainer = TorchTrainer(
             _stage_worker,
             train_loop_config={"stage": stage, "fn": fn, "ctx": ctx.for_worker(), "args": args, "outcome": outcome,
-                               "use_gpu": gpu > 0, "sweep": self.sweep, "reporter": reporter},
+                               "use_gpu": gpu > 0, "sweep": self.sweep, "reporter": reporter,
+                               "trial_id": self.trial_id},
             scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=gpu > 0,
                                          resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
             run_config=RunConfig(name=name, storage_path=str(Path(self.sweep["out"]) / "ray_train"),

@@ -22,6 +22,7 @@ from pathlib import Path
 from db3d.core.artifacts import content_key
 from db3d.core.config import compose, quote
 from db3d.core.data import load_subject_images, resolve_subject
+from db3d.core.progress import PROGRESS_LABEL_ENV
 from db3d.core.results import StageMeter, cost_totals, result_row, save_config
 from db3d.method.executor import INLINE
 from db3d.method.quality import ProbeSettings, QualityProbe
@@ -56,6 +57,7 @@ def _method_body(config: dict) -> dict:
     """Compose, run every stage through the sweep's executor, return the trial's row (in the Tune trial)."""
     overrides, trial_id = trial_config(config)
     point, sweep = config["point"], config["sweep"]
+    os.environ[PROGRESS_LABEL_ENV] = trial_id  # this process's progress records name the trial
     out = Path(sweep["out"]) / "trials" / trial_id
     store = Path(sweep["out"]) / "artifacts" if sweep.get("reuse", True) else out / "artifacts"
     cfg = compose(overrides + [f"out={quote(str(out))}", f"cache_dir={quote(str(Path(sweep['out']) / 'cache'))}",
@@ -136,6 +138,7 @@ def run_trial(config: dict) -> None:
     os.environ["DB3D_QUIET"] = "1"  # the driver shows sweep progress; no bars from workers
     overrides, trial_id = trial_config(config)
     point, sweep = config["point"], config["sweep"]
+    os.environ[PROGRESS_LABEL_ENV] = trial_id  # this process's progress records name the trial
     results = _results_root(sweep)
     try:
         row = _method_body(config)

@@ -4,6 +4,7 @@ on a fake clock."""
 from __future__ import annotations
 
 import json
+import os
 
 from db3d.core import progress
 from db3d.core.progress import Bar, ProgressFile, read_records
@@ -72,3 +73,15 @@ def test_a_record_is_written_atomically_and_a_write_under_way_is_not_read(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == [record.path.name]  # no temp file left behind
     (tmp_path / ".other.123.tmp.json").write_text(json.dumps({"trial": "x"}))  # another worker mid-write
     assert [r["trial"] for r in read_records(tmp_path)] == ["t"]
+
+
+def test_a_record_names_the_trial_its_runner_set_in_the_environment(tmp_path, monkeypatch):
+    """The distributed layer sets DB3D_PROGRESS_LABEL (trial process, Ray Train workers); core asks no Ray."""
+    from db3d.core.progress import PROGRESS_LABEL_ENV, ProgressFile, read_records
+
+    monkeypatch.setenv(PROGRESS_LABEL_ENV, "0123abcd")
+    ProgressFile(tmp_path).write("stage1", 3, 600, force=True)
+    monkeypatch.delenv(PROGRESS_LABEL_ENV)
+    ProgressFile(tmp_path / "other").write("stage1", 3, 600, force=True)
+    assert [r["trial"] for r in read_records(tmp_path)] == ["0123abcd"]
+    assert [r["trial"] for r in read_records(tmp_path / "other")] == [f"pid {os.getpid()}"]
