@@ -6,7 +6,7 @@ process, interleaved (old, new, old, new) and the better of the two tries kept:
    2^14 rows) and Instant-NGP's (16 levels, 2^19 rows); on a CUDA machine also torch vs tcnn;
 2. SDS NeRF steps/s of the ToyWorld toy preset (``backbone=toy preset=toy``: 32 px renders, 32
    samples a ray) and the same at 64 px renders; shaded renders (forward + backward) with
-   finite-difference vs autograd normals;
+   finite-difference vs autograd normals, and the export's textureless turntable with each;
 3. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
    a full-size SD-1.5-architecture UNet + VAE with random weights (speed does not depend on values);
 4. per-stage wall time of `db3d run` at the smoke preset, for each method.
@@ -159,6 +159,45 @@ def shaded_renders(reps: int = 3) -> None:
           flush=True)
 
 
+def textureless_turntable(field_path: str | None = None, frames: int = 12, resolution: int = 64) -> None:
+    """The export's textureless turntable (toy preset field, no grad): FD vs autograd normals, and
+    how far apart their frames are. ``field_path``: a trained field (``field.safetensors``) instead
+    of a freshly initialised one."""
+    from dataclasses import replace
+
+    from db3d.core.config import compose
+    from db3d.export.media import turntable
+    from db3d.nerf import NeRFField
+    from db3d.nerf.field import field_config
+    from db3d.nerf.io import load_field
+
+    if field_path:
+        base = load_field(Path(field_path))
+    else:
+        torch.manual_seed(0)
+        base = NeRFField(field_config(compose(["backbone=toy", "preset=toy"]).nerf))
+    fields = {}
+    for normals in ("finite_difference", "autograd"):
+        field = NeRFField(replace(base.config, normals=normals))
+        field.load_state_dict(base.state_dict())
+        fields[normals] = field.eval()
+    frames_of = {}
+
+    def timed(normals):
+        def run() -> float:
+            start = time.perf_counter()
+            frames_of[normals] = turntable(fields[normals], frames, resolution, shading="textureless")
+            return time.perf_counter() - start
+        return run
+
+    best = _best_of({n: timed(n) for n in fields})
+    diff = (frames_of["finite_difference"] - frames_of["autograd"]).abs()
+    print(f"textureless turntable [{'trained field' if field_path else 'initial toy preset field'}, {frames} frames, "
+          f"{resolution} px]: finite_difference {best['finite_difference']:.2f} s | autograd {best['autograd']:.2f} s "
+          f"({best['finite_difference'] / best['autograd']:.2f}x); frames differ by mean {diff.mean():.4f}, "
+          f"max {diff.max():.3f}", flush=True)
+
+
 def sds_steps(kind: str, device: torch.device, steps: int, resolution: int = 64, n_samples: int = 32,
               implementations=("torch",)) -> None:
     from db3d.models.backbones import build_backbone
@@ -218,6 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sds-steps", type=int, default=10)
     parser.add_argument("--skip-run", action="store_true", help="skip the db3d run smoke stages (4.)")
+    parser.add_argument("--field", default=None, help="a trained field.safetensors for the textureless turntable")
     parser.add_argument("--skip-tiny", action="store_true", help="skip the tiny-sd / tiny-if figures (3.)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default). On a machine shared with other work, 1: "
@@ -232,6 +272,7 @@ def main() -> None:
     hash_grid(cpu)  # Instant-NGP's
     toy_sds_steps(args.sds_steps)
     shaded_renders()
+    textureless_turntable(args.field)
     if not args.skip_tiny:
         for kind in ("tiny-sd", "tiny-if"):
             sds_steps(kind, cpu, args.sds_steps, implementations=IMPLEMENTATIONS)

@@ -23,7 +23,7 @@ from torch import Tensor
 from db3d.core.artifacts import atomic_path, atomic_write
 from db3d.core.cameras import orbit_cameras
 from db3d.nerf.io import field_device
-from db3d.nerf.render import render_views
+from db3d.nerf.render import field_calls_per_sample, render_views
 
 TURNTABLE_DISTANCE = 1.75
 """Turntable camera distance in units of the field's bounding radius (NeRFConfig.orbit_distance)."""
@@ -116,8 +116,8 @@ def turntable(
     ``save_video``.
     """
     device = field_device(field)
-    if chunk is None:  # shaded renders query the field 7 times a sample (finite-difference normals)
-        chunk = max(1, POINTS_PER_CALL // (n_samples * (1 if shading == "albedo" else 7)))
+    if chunk is None:  # shaded renders hold more per point: a backward pass, or 6 extra density calls
+        chunk = max(1, POINTS_PER_CALL // (n_samples * field_calls_per_sample(field, shading)))
     if distance is None:
         distance = TURNTABLE_DISTANCE * field.config.bound_radius
     cams = orbit_cameras(

@@ -31,6 +31,7 @@ FROM_NERF_CONFIG = {
     "log2_hashmap_size": "log2_hashmap_size",
     "max_resolution": "max_resolution",
     "encoding_implementation": "encoding",
+    "normals": "normals",
     "hidden_dim": "hidden_dim",
     "density_blob": "density_blob",
     "density_blob_scale": "density_blob_scale",
@@ -82,8 +83,8 @@ class FieldConfig:
     color_activation: Literal["sigmoid", "identity"] | None = None
     # colour activation; None: sigmoid for 3 channels (albedo in [0, 1]), identity otherwise
     # (unbounded latents)
-    normals: Literal["finite_difference", "autograd"] = "finite_difference"
-    # how normals are computed: central differences of density (6 extra density calls) or autograd
+    normals: Literal["finite_difference", "autograd"] = NeRFConfig.normals
+    # how normals are computed (NeRFConfig.normals): autograd, or central differences of density
     normal_fd_eps: float = 1e-2
     # finite-difference step in world units (stable-dreamfusion: 1e-2)
     background: Literal["mlp", "random_solid", "fixed"] = BACKGROUNDS[NeRFConfig.background]
@@ -230,11 +231,29 @@ class NeRFField(nn.Module):
         return -nn.functional.normalize(grad, dim=-1, eps=1e-8)
 
     def forward(self, x: Tensor, compute_normals: bool = False) -> FieldOutputs:  # x: (N, 3)
-        density, colour = self._raw(x)
+        if compute_normals and self.config.normals == "autograd":
+            density, colour, normal = self._raw_with_normals(x)
+        else:
+            density, colour = self._raw(x)
+            normal = self.normals(x) if compute_normals else None
         if self.color_activation == "sigmoid":
             colour = torch.sigmoid(colour)
-        normal = self.normals(x) if compute_normals else None
         return FieldOutputs(density=density, albedo=colour, normal=normal)
+
+    def _raw_with_normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # (N, 3) -> (N,), (N, C), (N, 3)
+        """``_raw`` and autograd normals from one field evaluation: the density's gradient with
+        respect to the positions is a backward pass of the call that made it (no second forward,
+        no 6 finite-difference probes). While training, with create_graph, so losses on the
+        normals reach the parameters; otherwise the outputs leave the graph."""
+        outer_grad = torch.is_grad_enabled()  # the caller may backpropagate through density / colour
+        create_graph = outer_grad and self.training
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            density, colour = self._raw(xg)
+            (grad,) = torch.autograd.grad(density.sum(), xg, create_graph=create_graph, retain_graph=outer_grad)
+        if not outer_grad:  # under no_grad: nothing of this call's graph is kept
+            density, colour, grad = density.detach(), colour.detach(), grad.detach()
+        return density, colour, -nn.functional.normalize(grad, dim=-1, eps=1e-8)
 
     # ---- background ---------------------------------------------------------------------------
 

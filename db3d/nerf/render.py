@@ -9,7 +9,7 @@ alpha-composited front to back::
 
 No occupancy grid: every sample of every ray that meets the sphere is evaluated; rays that miss
 it cost nothing and show the background. Large images render in chunks of rays (4096 by
-default: ~4096 x n_samples points per field call, x7 with finite-difference normals).
+default: ~4096 x n_samples points per field call; see ``field_calls_per_sample`` for normals).
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ from torch import Tensor
 from db3d.core.cameras import CameraBatch, generate_rays
 from db3d.core.config import NeRFConfig
 from db3d.nerf.shading import AMBIENT, DIFFUSE, ShadingMode, needs_normals, shade
+
+
+def field_calls_per_sample(field, shading: ShadingMode) -> int:
+    """About how many field evaluations' worth of memory a sample of a ``shading`` render takes:
+    1 for albedo; with normals 7 for finite differences (6 density probes) and 2 for autograd
+    normals (a forward and a backward of the same call). For sizing chunks of rays."""
+    if not needs_normals(shading):
+        return 1
+    normals = getattr(getattr(field, "config", None), "normals", "finite_difference")
+    return 2 if normals == "autograd" else 7
 
 
 @dataclass

@@ -24,7 +24,7 @@ def _changed(value):
         return not value
     if isinstance(value, (int, float)):
         return value + 1 if isinstance(value, int) else value * 0.5 + 0.125
-    return {"torch": "tcnn", "linear": "gaussian"}[value]
+    return {"torch": "tcnn", "linear": "gaussian", "finite_difference": "autograd"}[value]
 
 
 def test_every_field_config_field_that_nerf_config_names_is_taken_from_it():

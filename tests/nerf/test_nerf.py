@@ -241,6 +241,29 @@ def test_autograd_normals_train_gradients_reach_parameters():
     assert field.encoding.table.grad is not None and field.encoding.table.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_autograd_normals_come_from_the_same_call_as_density_and_colour(mode):
+    """One field call gives density, albedo and normals: the same density / albedo as a call
+    without normals, normals equal to the gradient of a separate density call, and (with grad
+    on) a graph through density and albedo that a loss can still use; under no_grad, no graph."""
+    field = _small_field(normals="autograd", density_blob="gaussian", density_blob_scale=10.0, density_blob_radius=0.3)
+    field.train(mode == "train")
+    x = torch.rand(40, 3) - 0.5
+    plain = field(x)
+    out = field(x, compute_normals=True)
+    torch.testing.assert_close(out.density, plain.density, atol=0, rtol=0)
+    torch.testing.assert_close(out.albedo, plain.albedo, atol=0, rtol=0)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(field.density(xg).sum(), xg)
+    torch.testing.assert_close(out.normal, -torch.nn.functional.normalize(grad, dim=-1, eps=1e-8))
+    (out.density.sum() + out.albedo.sum()).backward()  # the call's graph was kept for the caller
+    assert field.encoding.table.grad.abs().sum() > 0
+    with torch.no_grad():
+        quiet = field(x, compute_normals=True)
+    assert all(t.grad_fn is None for t in (quiet.density, quiet.albedo, quiet.normal))
+    torch.testing.assert_close(quiet.normal, out.normal.detach())
+
+
 def test_exp_activation_and_backgrounds():
     field = _small_field(density_activation="exp")
     assert (field.density(torch.rand(10, 3) * 0.5) > 0).all()
