@@ -258,8 +258,14 @@ def _record_stopped(grid, sweep: dict) -> None:
         row = result_row(compose(overrides), point["subject_name"], point["class_noun"], point["prompt"], None,
                          status, error)
         row.update(trial_id=trial_id, sweep=sweep["name"], reuse=bool(sweep.get("reuse", True)))
-        row.update({k: float(v) for k, v in (res.metrics or {}).items()
+        metrics = res.metrics or {}
+        row.update({k: float(v) for k, v in metrics.items()
                     if (k in ("nerf_loss", "nerf_step") or k.startswith("quality.")) and isinstance(v, (int, float))})
+        if isinstance(metrics.get("time_total_s"), (int, float)):  # what the trial cost until it was stopped
+            seconds = float(metrics["time_total_s"])
+            resources = sweep.get("resources", {})
+            row.update({"seconds.total": seconds, "cpu_seconds.total": seconds * float(resources.get("cpu", 1)),
+                        "gpu_seconds.total": seconds * float(resources.get("gpu", 0))})
         write_trial_row(results, row)
 
 

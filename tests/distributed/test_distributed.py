@@ -148,6 +148,10 @@ max_concurrent: 1
     df = read_results(tmp_path / "o" / "results")
     assert len(df) == 4 and df["trial_id"].is_unique  # one row per trial, stopped ones included
     assert set(df["status"]) <= {"ok", "stopped"} and (df["status"] == "stopped").any()
+    # a stopped trial's row says what it cost until it was stopped (Tune's time_total_s), so sweeps'
+    # compute compares with and without early stopping
+    stopped = df[df["status"] == "stopped"]
+    assert stopped["seconds.total"].gt(0).all() and (stopped["cpu_seconds.total"] == stopped["seconds.total"]).all()
     # same seed, same draws: the final NeRF's loss scales with lambda_SDS, so the smallest weight
     # has the smallest loss at every rung and is never stopped
     best = df.loc[df["config.method.lambda_sds"].idxmin()]
