@@ -6,6 +6,9 @@
                    computed: its marginal cost in that sweep.
     Pareto front   trials for which no other trial is at most as costly and at least as good, and
                    strictly better on one of the two
+    sweep compute  the cost of every row by method and status: trials an early-stopping scheduler
+                   stopped carry what they cost until then, so two sweeps' totals (with and without
+                   ASHA) compare
 """
 
 from __future__ import annotations
@@ -60,3 +63,21 @@ def cost_table(ok: pd.DataFrame, metric: str, lower_is_better: bool) -> tuple[pd
     out["pareto"] = pareto_front(out["cost_minutes"], out[metric], lower_is_better)
     out["cost_unit"] = unit
     return out.sort_values(["cost_minutes", "method"]).reset_index(drop=True), unit
+
+
+def compute_by_status(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per method and status (ok / stopped / failed): trials, those with a recorded cost, and their
+    total cost in the unit of ``trial_cost``; a row "all" per method sums them."""
+    minutes, unit = trial_cost(df)
+    frame = pd.DataFrame({"method": df["method"].astype(str).to_numpy(), "status": df["status"].astype(str).to_numpy(),
+                          "cost": minutes.to_numpy()})
+    parts = []
+    for keys, group in [*frame.groupby(["method", "status"]), *((k, g.assign(status="all"))
+                                                               for k, g in frame.groupby("method"))]:
+        method = keys[0] if isinstance(keys, tuple) else keys
+        parts.append({"method": method, "status": group["status"].iloc[0], "trials": len(group),
+                      "with_cost": int(group["cost"].notna().sum()), f"total {unit}": float(group["cost"].sum())})
+    order = {"ok": 0, "stopped": 1, "failed": 2, "all": 9}
+    table = pd.DataFrame(parts)
+    table = table.sort_values(["method", "status"], key=lambda c: c.map(order).fillna(5) if c.name == "status" else c)
+    return table.reset_index(drop=True), unit

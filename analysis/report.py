@@ -23,6 +23,8 @@ Writes, into DIR:
                                    and min / median / max of the main metric over seeds
     cost.{csv,md}, plots/cost__<metric>.png   each trial's cost (GPU- or CPU-minutes) and peak
                                    memory against the main metric, the Pareto front marked
+    compute.csv                    the sweep's compute per method and status (ok / stopped / failed
+                                   / all): with and without early stopping, the totals compare
 
 Works on partial sweeps: failed or missing trials, no metric columns yet, a single method.
 """
@@ -37,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import html as page_html
-from .cost import cost_table
+from .cost import compute_by_status, cost_table
 from .figures import plot_cost, plot_methods
 from .load import (load_results, main_metric, main_metrics, metric_columns, ok_rows, parse_metric_column,
                    random_weight_rows, results_folder, swept_axes)
@@ -144,7 +146,7 @@ def build_report(results: Path, out: Path | None = None, n_boot: int = N_BOOT, s
         written["plots/methods.png"] = out / "plots" / "methods.png"
         method_figures.append(("Main metrics per method (mean, bootstrap 95% CI; dots: trials)", "plots/methods.png"))
     sections.append(_robustness(df, ok, axes, headline, success, save, save_md, warning))
-    sections.append(_cost(ok, headline, out, save, save_md, written, warning))
+    sections.append(_cost(df, ok, headline, out, save, save_md, written, warning))
 
     # 8. the page
     meta = [("results", str(results.resolve())), ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -199,8 +201,8 @@ def _robustness(df, ok, axes, headline, rule, save, save_md, warning) -> str:
     return page_html.section_html(heading, grids, [], note)
 
 
-def _cost(ok, headline, out, save, save_md, written, warning) -> str:
-    """cost.{csv,md}, plots/cost__<metric>.png and the page's section."""
+def _cost(df, ok, headline, out, save, save_md, written, warning) -> str:
+    """cost.{csv,md}, compute.csv, plots/cost__<metric>.png and the page's section."""
     heading = "Cost per result"
     if not headline or ok.empty:
         return page_html.section_html(heading, [], [], "No ok trials with a metric yet.")
@@ -216,6 +218,10 @@ def _cost(ok, headline, out, save, save_md, written, warning) -> str:
     grids = [frame_grid(f"Cost per trial ({unit}) and peak memory per method", per_method.rename(
         columns={"median_cost": f"median {unit}"})),
         frame_grid("Pareto front (no trial is cheaper and at least as good)", table[table["pareto"]])]
+    compute, compute_unit = compute_by_status(df)
+    save("compute.csv", compute)
+    grids.append(frame_grid(f"Sweep compute by status ({compute_unit}; stopped trials: until they were stopped)",
+                            compute))
     save_md("cost.md", "Cost per result", grids)
     figures = []
     name = f"plots/cost__{headline.removeprefix('metric.')}.png"

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 from test_report import _write  # noqa: E402  (the producer's Parquet layout)
 
-from analysis.cost import cost_table, pareto_front, trial_cost  # noqa: E402
+from analysis.cost import compute_by_status, cost_table, pareto_front, trial_cost  # noqa: E402
 from analysis.load import load_results, main_metric, metric_columns, parse_metric_column  # noqa: E402
 from analysis.report import main  # noqa: E402
 from analysis.robustness import parse_rule, success, success_table, wilson_interval  # noqa: E402
@@ -94,6 +94,18 @@ def test_trial_cost_prefers_gpu_then_cpu_minutes():
     table, _ = cost_table(pd.DataFrame({"method": ["a", "b"], "trial_id": ["x", "y"], "cpu_seconds.total": [60.0, 120.0],
                                         "metric.toy.psnr.all": [12.0, 11.0]}), "metric.toy.psnr.all", False)
     assert table.set_index("trial_id")["pareto"].to_dict() == {"x": True, "y": False}
+
+
+def test_sweep_compute_counts_stopped_trials_until_they_stopped():
+    df = pd.DataFrame({"method": ["a", "a", "a", "b"], "status": ["ok", "stopped", "stopped", "failed"],
+                       "cpu_seconds.total": [600.0, 60.0, 120.0, np.nan]})
+    table, unit = compute_by_status(df)
+    assert unit == "CPU-minutes"
+    by = table.set_index(["method", "status"])
+    got = {key: (row["trials"], row["with_cost"], row["total CPU-minutes"]) for key, row in by.iterrows()}
+    assert got == {("a", "ok"): (1, 1, 10.0), ("a", "stopped"): (2, 2, 3.0), ("a", "all"): (3, 3, 13.0),
+                   ("b", "failed"): (1, 0, 0.0), ("b", "all"): (1, 0, 0.0)}
+    assert table["status"].tolist() == ["ok", "stopped", "all", "failed", "all"]
 
 
 def test_toy_metric_directions_and_counts():
