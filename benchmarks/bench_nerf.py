@@ -160,14 +160,16 @@ def shaded_renders(reps: int = 3) -> None:
 
 
 def textureless_turntable(field_path: str | None = None, frames: int = 12, resolution: int = 64) -> None:
-    """The export's textureless turntable (toy preset field, no grad): FD vs autograd normals, and
-    how far apart their frames are. ``field_path``: a trained field (``field.safetensors``) instead
-    of a freshly initialised one."""
+    """The export's textureless turntable (toy preset field, no grad): normals at every sample by
+    finite differences (the code before normals were gated by weight), finite differences where a
+    sample shows (render.EVAL_NORMAL_MIN_WEIGHT, the default now), and autograd normals; and how far
+    each one's frames are from the first's. ``field_path``: a trained field (``field.safetensors``)
+    instead of a freshly initialised one."""
     from dataclasses import replace
 
     from db3d.core.config import compose
     from db3d.export.media import turntable
-    from db3d.nerf import NeRFField
+    from db3d.nerf import NeRFField, render
     from db3d.nerf.field import field_config
     from db3d.nerf.io import load_field
 
@@ -176,26 +178,37 @@ def textureless_turntable(field_path: str | None = None, frames: int = 12, resol
     else:
         torch.manual_seed(0)
         base = NeRFField(field_config(compose(["backbone=toy", "preset=toy"]).nerf))
-    fields = {}
-    for normals in ("finite_difference", "autograd"):
+    variants = {"finite differences, every sample": ("finite_difference", 0.0),
+                f"finite differences, weight > {render.EVAL_NORMAL_MIN_WEIGHT:g}": ("finite_difference",
+                                                                                  render.EVAL_NORMAL_MIN_WEIGHT),
+                "autograd, every sample": ("autograd", 0.0)}
+    frames_of, default = {}, render.EVAL_NORMAL_MIN_WEIGHT
+
+    def timed(name):
+        normals, min_weight = variants[name]
         field = NeRFField(replace(base.config, normals=normals))
         field.load_state_dict(base.state_dict())
-        fields[normals] = field.eval()
-    frames_of = {}
+        field.eval()
 
-    def timed(normals):
         def run() -> float:
-            start = time.perf_counter()
-            frames_of[normals] = turntable(fields[normals], frames, resolution, shading="textureless")
-            return time.perf_counter() - start
+            render.EVAL_NORMAL_MIN_WEIGHT = min_weight
+            try:
+                start = time.perf_counter()
+                frames_of[name] = turntable(field, frames, resolution, shading="textureless")
+                return time.perf_counter() - start
+            finally:
+                render.EVAL_NORMAL_MIN_WEIGHT = default
         return run
 
-    best = _best_of({n: timed(n) for n in fields})
-    diff = (frames_of["finite_difference"] - frames_of["autograd"]).abs()
+    best = _best_of({name: timed(name) for name in variants})
+    first = next(iter(variants))
+    cells = []
+    for name in variants:
+        diff = (frames_of[name] - frames_of[first]).abs()
+        cells.append(f"{name} {best[name]:.2f} s ({best[first] / best[name]:.2f}x; frames differ by mean "
+                     f"{diff.mean():.5f}, max {diff.max():.4f})")
     print(f"textureless turntable [{'trained field' if field_path else 'initial toy preset field'}, {frames} frames, "
-          f"{resolution} px]: finite_difference {best['finite_difference']:.2f} s | autograd {best['autograd']:.2f} s "
-          f"({best['finite_difference'] / best['autograd']:.2f}x); frames differ by mean {diff.mean():.4f}, "
-          f"max {diff.max():.3f}", flush=True)
+          f"{resolution} px]: " + " | ".join(cells), flush=True)
 
 
 def sds_steps(kind: str, device: torch.device, steps: int, resolution: int = 64, n_samples: int = 32,

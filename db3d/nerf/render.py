@@ -24,6 +24,12 @@ from db3d.core.config import NeRFConfig
 from db3d.nerf.shading import AMBIENT, DIFFUSE, ShadingMode, needs_normals, shade
 
 
+EVAL_NORMAL_MIN_WEIGHT = 1e-4
+"""Gradient-free renders compute normals only at samples whose compositing weight exceeds this
+(Instant-NGP and nerfacc stop rays once transmittance falls below the same 1e-4): a pixel moves by
+at most n_samples x 1e-4. Measured in benchmarks/bench_nerf.py (textureless turntable)."""
+
+
 def field_calls_per_sample(field, shading: ShadingMode) -> int:
     """About how many field evaluations' worth of memory a sample of a ``shading`` render takes:
     1 for albedo; with normals 7 for finite differences (6 density probes) and 2 for autograd
@@ -129,11 +135,20 @@ def render_rays(
     compute_normals: bool = False,
     radius: float | None = None,
     generator: torch.Generator | None = None,
+    normal_min_weight: float = 0.0,
 ) -> RayRender:
     """Render R rays through ``field`` (``field(x, compute_normals) -> FieldOutputs``).
 
     Normals are computed when the shading needs them or ``compute_normals`` is set.
     ``radius`` defaults to ``field.config.bound_radius``.
+
+    ``normal_min_weight > 0`` (gradient-free renders only, see ``render_views``): normals only at
+    samples whose compositing weight exceeds it, the others shaded with a zero normal (ambient
+    light). A sample's share of the pixel is its weight, so the pixel moves by less than
+    ``n_samples * normal_min_weight``; empty space and occluded samples (most of them) then cost one
+    field call instead of seven (finite differences). Not while training: a near-zero weight can
+    still have a large gradient in density (empty space in front of a surface), which needs the
+    sample's true colour.
     """
     n_rays, device, dtype = origins.shape[0], origins.device, origins.dtype
     n_col = getattr(field.config, "color_channels", 3)
@@ -155,9 +170,19 @@ def render_rays(
     if hit_idx.numel() > 0:
         o, d, th = origins[hit_idx], directions[hit_idx], t[hit_idx]
         points = o[:, None, :] + th[..., None] * d[:, None, :]  # (Rh, S, 3)
-        out = field(points.reshape(-1, 3), compute_normals=want_normals)
+        gated = want_normals and normal_min_weight > 0.0 and hasattr(field, "normals")
+        if gated and torch.is_grad_enabled():
+            raise ValueError("normal_min_weight > 0 is for gradient-free renders (render_views)")
+        out = field(points.reshape(-1, 3), compute_normals=want_normals and not gated)
         albedo = out.albedo.reshape(-1, n_samples, n_col)
-        normal = out.normal.reshape(-1, n_samples, 3) if want_normals else None
+        normal = out.normal.reshape(-1, n_samples, 3) if want_normals and not gated else None
+        if gated:  # normals where the sample shows: weight above normal_min_weight
+            w = composite_weights(out.density.reshape(-1, n_samples), (ends - starts)[hit_idx])  # (Rh, S)
+            keep = (w > normal_min_weight).reshape(-1)  # (Rh * S,)
+            flat = torch.zeros(keep.shape[0], 3, device=device, dtype=dtype)
+            if keep.any():
+                flat[keep] = field.normals(points.reshape(-1, 3)[keep]).to(dtype)
+            normal = flat.reshape(-1, n_samples, 3)
         lp = None
         if light_pos is not None:
             lp = light_pos.to(dtype).reshape(-1, 3).expand(n_rays, 3)[hit_idx][:, None, :]
@@ -217,6 +242,7 @@ def render_image(
     chunk: int = 4096,
     keep_samples: bool = True,
     generator: torch.Generator | None = None,
+    normal_min_weight: float = 0.0,  # see render_rays; render_views sets it
 ) -> ImageRender:
     """Render every pixel of every camera, ``chunk`` rays at a time (lights: ``cams.light_pos``).
 
@@ -252,6 +278,7 @@ def render_image(
             background=None if bg is None else bg[sl],
             compute_normals=compute_normals,
             generator=generator,
+            normal_min_weight=normal_min_weight,
         )
         if not keep_samples:
             part.weights = part.t_starts = part.t_ends = part.sample_normals = None
@@ -275,8 +302,12 @@ def render_views(
     background: Tensor | None = None,
     compute_normals: bool = False,
     chunk: int = 4096,
+    normal_min_weight: float | None = None,  # None: EVAL_NORMAL_MIN_WEIGHT; 0: normals at every sample
 ) -> ImageRender:
-    """Deterministic, gradient-free renders in eval mode (turntables, pseudo views, exports)."""
+    """Deterministic, gradient-free renders in eval mode (turntables, pseudo views, exports).
+
+    Shaded and textureless renders take normals only where a sample shows (``render_rays``'s
+    ``normal_min_weight``, EVAL_NORMAL_MIN_WEIGHT by default)."""
     was_training = field.training
     field.eval()
     try:
@@ -290,6 +321,7 @@ def render_views(
             compute_normals=compute_normals,
             chunk=chunk,
             keep_samples=False,
+            normal_min_weight=EVAL_NORMAL_MIN_WEIGHT if normal_min_weight is None else normal_min_weight,
         )
     finally:
         field.train(was_training)

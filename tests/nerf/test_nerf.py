@@ -29,6 +29,7 @@ from db3d.nerf.losses import (
     reconstruction_loss,
 )
 from db3d.nerf.render import (
+    EVAL_NORMAL_MIN_WEIGHT,
     composite_weights,
     intersect_sphere,
     render_image,
@@ -526,3 +527,29 @@ def test_untrained_field_is_empty_at_the_frame_edges_and_moderate_at_the_centre(
             print(f"{preset} distance {dist} fov {fov}: border {border:.3f} centre {centre:.3f} mean {o.mean():.3f}")
             assert border <= 0.1, (dist, fov, border)
             assert 0.5 <= centre <= 0.97, (dist, fov, centre)  # a blob to carve, not an opaque wall
+
+
+def test_gradient_free_renders_take_normals_only_where_a_sample_shows():
+    """render_views computes normals only at samples weighing more than EVAL_NORMAL_MIN_WEIGHT: a
+    pixel moves by less than n_samples x that weight, and most samples (empty space, occluded) skip
+    the 6 finite-difference probes. Training renders refuse the gate (they need every colour)."""
+    field = _small_field(density_blob="linear", density_blob_scale=20.0, density_blob_radius=0.5,
+                         background="fixed")  # a dense ball of radius 0.5: clear space around it
+    cams = orbit_cameras(2, 15.0, 3.0, 40.0, 24)
+    points = []
+    raw = field._raw
+    field._raw = lambda x: (points.append(x.shape[0]), raw(x))[1]  # count field evaluations
+    for gate in (0.0, None):  # every sample, then the default gate
+        points.clear()
+        out = render_views(field, cams, n_samples=32, shading="textureless", normal_min_weight=gate)
+        if gate == 0.0:
+            every, calls_every = out.rgb, sum(points)
+    calls_gated = sum(points)
+    assert (out.rgb - every).abs().max() <= 32 * EVAL_NORMAL_MIN_WEIGHT
+    assert calls_gated < 0.6 * calls_every, (calls_gated, calls_every)  # most samples never shown
+    field._raw = raw
+    field.train()
+    origins, dirs = torch.zeros(4, 3) + torch.tensor([0.0, 0.0, 3.0]), torch.tensor([[0.0, 0.0, -1.0]] * 4)
+    with pytest.raises(ValueError, match="gradient-free"):
+        render_rays(field, origins, dirs, n_samples=8, shading="textureless", light_pos=torch.zeros(3),
+                    normal_min_weight=1e-4)
