@@ -96,29 +96,10 @@ def moto_s3():
         server.wait(timeout=30)
 
 
-def test_results_and_exports_on_an_s3_compatible_server(tmp_path, moto_s3):
-    """out=s3://... against moto's S3 server on 127.0.0.1: rows and exports land in the bucket."""
-    s3, query = moto_s3
-    uri = f"s3://db3d/sweeps/mini?{query}"
-    spec = mini_sweep(tmp_path, lambdas=(1.0,))
-    proc = run_sweep([f"sweep={spec}", f"out={uri}", f"work={tmp_path / 'work'}", "num_cpus=2"], env=CREDS)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    os.environ.update(CREDS)
-    try:
-        df = read_results(uri.replace("sweeps/mini", "sweeps/mini/results"))
-    finally:
-        for key in CREDS:
-            os.environ.pop(key, None)
-    assert len(df) == 1 and df.loc[0, "status"] == "ok"
-    assert df.loc[0, "uri.mesh.glb"].startswith("s3://db3d/sweeps/mini/trials/")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d")["Contents"]]
-    assert any(k.endswith("exports/turntable_rgb.mp4") for k in keys)
-    assert any(k.startswith("sweeps/mini/results/method=dreambooth3d/") for k in keys)
-
-
 def test_stages_are_shared_through_the_bucket_without_a_shared_file_system(tmp_path, moto_s3):
-    """Artifacts published to S3 under the sweep's lock actor: two trials share one DreamBooth
-    run, and a node with an empty local store (the work folder wiped) fetches every stage."""
+    """out=s3://... against moto's S3 server on 127.0.0.1: rows and exports land in the bucket, and
+    artifacts are published there under the sweep's lock actor: two trials share one DreamBooth run,
+    and a node with an empty local store (the work folder wiped) fetches every stage."""
     s3, query = moto_s3
     uri, work = f"s3://db3d/sweeps/mini?{query}", tmp_path / "work"
     spec = mini_sweep(tmp_path, lambdas=(0.5, 1.0))
@@ -127,6 +108,17 @@ def test_stages_are_shared_through_the_bucket_without_a_shared_file_system(tmp_p
     proc = run_sweep(args, env=CREDS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert count_stage(work, "stage1") == 1 and count_stage(work, "dreambooth") == 2 and count_stage(work, "final") == 2
+    os.environ.update(CREDS)
+    try:
+        df = read_results(uri.replace("sweeps/mini", "sweeps/mini/results"))
+    finally:
+        for key in CREDS:
+            os.environ.pop(key, None)
+    assert len(df) == 2 and set(df["status"]) == {"ok"}  # the rows, in the bucket
+    assert df["uri.mesh.glb"].str.startswith("s3://db3d/sweeps/mini/trials/").all()  # the exports, too
+    exports = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d", Prefix="sweeps/mini/trials/")["Contents"]]
+    assert sum(k.endswith("exports/turntable_rgb.mp4") for k in exports) == 2
+    assert s3.list_objects_v2(Bucket="db3d", Prefix="sweeps/mini/results/method=dreambooth3d/")["KeyCount"] >= 2
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="db3d", Prefix="sweeps/mini/artifacts/")["Contents"]]
     done = {k.split("/")[3] for k in keys if k.endswith("/done.json")}
     assert {"dreambooth", "stage1", "stage2", "final"} <= done

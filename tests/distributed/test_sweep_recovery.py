@@ -14,7 +14,7 @@ from db3d.distributed.sink import read_results
 
 
 def test_a_trial_whose_worker_is_killed_finishes_on_retry_with_one_row(tmp_path):
-    spec = mini_sweep(tmp_path, lambdas=(1.0,), extra=", nerf.steps=60")
+    spec = mini_sweep(tmp_path, lambdas=(1.0,), extra=", nerf.steps=20")
     pids = tmp_path / "pids"
     proc = subprocess.Popen([sys.executable, "-m", "db3d.cli", "sweep", f"sweep={spec}", f"out={tmp_path / 'o'}",
                              "num_cpus=2", "max_failures=2"], env={**ENV, "DB3D_TRIAL_PID_DIR": str(pids)},
