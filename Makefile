@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(BIN)/db3d sweep sweep=demo out=$(DEMO_OUT)
 
 test: $(VENV)/.installed browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 # Debian's headless Chromium + ChromeDriver for the user-study browser test (root, Debian/Ubuntu).
 browser:

@@ -223,7 +223,7 @@ def _fit_one(tune, trainable, spec, points, sweep: dict, storage: Path, name: st
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=max(1, spec.num_samples), search_alg=search_alg,
-                                        scheduler=scheduler, metric=metric, mode=mode,
+                                        scheduler=scheduler, metric=metric, mode=mode, reuse_actors=spec.reuse_actors,
                                         max_concurrent_trials=concurrent if search_alg is None or
                                         spec.search_alg == "optuna" else None),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
