@@ -282,12 +282,15 @@ def _sweep_captions(points, overrides: list[str], spec, out: Path) -> list[str]:
     return [f"metrics.captions={quote(str(out / 'captions.txt'))}"]
 
 
+def run_trial(config: dict) -> None:
+    """The Tune trainable: trial.run_trial, imported in the trial's worker. The driver never imports
+    the trial's modules (torch and the method: ~2 s), so it reaches Ray sooner."""
+    from .trial import run_trial as run  # heavy (torch, the method), in the worker only
+
+    run(config)
+
+
 def run_sweep(argv: list[str]) -> int:
-    import ray
-    from ray import tune
-
-    from .trial import run_trial
-
     # 1.-2. the sweep, its points, every trial's config checked before Ray starts
     opts, overrides = parse_args(argv)
     if host_problem(opts.get("host", LOOPBACK)):
@@ -334,6 +337,9 @@ def run_sweep(argv: list[str]) -> int:
     print(f"[db3d sweep] {spec.name}: {n_trials} trials -> {uri or out} (reuse={'on' if reuse else 'off'}"
           f"{', work folder ' + str(out) if uri else ''}"
           f"{f', {metric} ({mode})' if spec.scheduler or spec.search_alg == 'optuna' else ''})", flush=True)
+
+    import ray  # heavy (~1 s): after the input checks, so bad input fails at once
+    from ray import tune
 
     # 3. attach to a cluster (RAY_ADDRESS) or start a local Ray on loopback (host= to open it); the
     #    workers get the folder for their progress records (db3d/progress.py; the driver reads it, so
