@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -94,7 +95,9 @@ def _fit_rate(device: torch.device, nerf, resolution: int, term, steps: int, tmp
 
 
 def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
-    """SDS NeRF steps/s at the toy preset (its prior, 32 px) and at 64 px renders, old vs new grid."""
+    """SDS NeRF steps/s at the toy preset (its prior, 32 px) and at 64 px renders: the previous grid
+    without an occupancy grid (the code before both), the current grid without one, and the
+    default (current grid + occupancy grid). Each fit runs from a fresh field, as a stage does."""
     from db3d.models.backbones import build_backbone
     from db3d.core.config import compose
     from db3d.method.fit import SDSTerm
@@ -105,17 +108,22 @@ def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
     s = cfg.sds
     term = SDSTerm(backbone=bb, prompt="a red ball on a blue box", guidance_scale=s.guidance_scale, t_min=s.t_min,
                    t_max=s.t_max, t_max_end=s.t_max_end, grad_clip=s.grad_clip, weight=cfg.method.lambda_sds)
+    variants = {"torch_reference, no occupancy grid": replace(cfg.nerf, encoding="torch_reference",
+                                                              occupancy_resolution=0),
+                "torch, no occupancy grid": replace(cfg.nerf, encoding="torch", occupancy_resolution=0),
+                f"torch + {cfg.nerf.occupancy_resolution}^3 occupancy grid (default)": cfg.nerf}
+    first, last = next(iter(variants)), list(variants)[-1]
     for res in resolutions:
         with tempfile.TemporaryDirectory() as tmp:
-            fns = {impl: (lambda impl=impl: 1.0 / _fit_rate(device, _with_encoding(cfg.nerf, impl), res, term, steps,
-                                                            Path(tmp), f"{impl}-{res}-{time.monotonic_ns()}"))
-                   for impl in IMPLEMENTATIONS}
+            fns = {name: (lambda nerf=nerf, name=name: 1.0 / _fit_rate(
+                device, nerf, res, term, steps, Path(tmp), f"{len(name)}-{res}-{time.monotonic_ns()}"))
+                for name, nerf in variants.items()}
             best = _best_of(fns)
-        cells = " | ".join(f"{impl}: {1.0 / best[impl]:.2f} steps/s ({best[impl] * 1e3:.0f} ms/step)"
-                           for impl in IMPLEMENTATIONS)
+        cells = " | ".join(f"{name}: {1.0 / best[name]:.2f} steps/s ({best[name] * 1e3:.0f} ms/step)"
+                           for name in variants)
         print(f"SDS NeRF [toy preset, toy prior on cpu, {torch.get_num_threads()} threads] {res} px renders, "
-              f"{cfg.nerf.n_samples} samples/ray, {cfg.nerf.batch_views} views: {cells}; "
-              f"torch at {best[IMPLEMENTATIONS[0]] / best[IMPLEMENTATIONS[-1]]:.2f}x the speed", flush=True)
+              f"{cfg.nerf.n_samples} samples/ray, {cfg.nerf.batch_views} views, {steps} steps from a fresh field: "
+              f"{cells}; the default at {best[first] / best[last]:.2f}x the speed of the first", flush=True)
 
 
 def _with_encoding(nerf, impl: str):

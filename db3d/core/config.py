@@ -156,6 +156,16 @@ class NeRFConfig:
     """Random cameras rendered per step (azimuths stratified over the batch)."""
     n_samples: int = 64
     """Samples per ray inside the bounding sphere."""
+    occupancy_resolution: int = 64
+    """Cells per side of the NeRF loop's occupancy grid over the bounding cube (db3d/nerf/occupancy.py;
+    Instant-NGP / nerfacc: 128): training renders evaluate the field only at samples in occupied
+    cells. 0: off, every sample evaluated. Measured in benchmarks/bench_nerf.py (SDS step with and
+    without) and on the ToyWorld bench (README)."""
+    occupancy_every: int = 16
+    """Steps between occupancy-grid updates (nerfacc: 16)."""
+    occupancy_threshold: float = 0.01
+    """A cell counts as empty when its density, over the longest interval a ray takes (sphere
+    diameter / n_samples), is less opaque than this (nerfacc's occ_thre: 0.01)."""
     encoding: str = "torch"
     """Hash-grid backend: torch (anywhere) or tcnn (tiny-cuda-nn on CUDA; loud fallback to torch)."""
     normals: str = "finite_difference"
@@ -394,6 +404,11 @@ def validate(cfg: RunConfig) -> None:
                  "export.fps", "export.mesh_resolution", "metrics.n_views", "metrics.resolution"):
         if _get(cfg, path) < 1:
             problems.append(f"{path}={_get(cfg, path)}: must be >= 1")
+    if cfg.nerf.occupancy_resolution < 0 or cfg.nerf.occupancy_every < 1:
+        problems.append(f"nerf.occupancy_resolution={cfg.nerf.occupancy_resolution}, nerf.occupancy_every="
+                        f"{cfg.nerf.occupancy_every}: need resolution >= 0 (0: off) and every >= 1")
+    if not 0.0 <= cfg.nerf.occupancy_threshold < 1.0:
+        problems.append(f"nerf.occupancy_threshold={cfg.nerf.occupancy_threshold}: must lie in [0, 1)")
     if cfg.nerf.max_resolution < 16:  # the hash grid's coarsest level is 16
         problems.append(f"nerf.max_resolution={cfg.nerf.max_resolution}: must be >= 16")
     if db.full_steps < db.partial_steps:

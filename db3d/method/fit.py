@@ -18,6 +18,10 @@ Every NeRF stage calls `fit_nerf`: stage 1 (SDS from D_partial), the final NeRF 
 D_multi + reconstruction on pseudo views), the baselines (SDS only; Latent-NeRF renders latents),
 and the reconstruction-only check of the renderer. Resumable (a state file every
 `checkpoint_every` steps), deterministic under a seed (all randomness from one CPU generator).
+
+Empty space is skipped (nerf.occupancy_resolution > 0): an occupancy grid, re-read from the field
+every `occupancy_every` steps (db3d/nerf/occupancy.py), tells every training render which samples
+to evaluate; the grid is part of the resumable state.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from db3d.nerf import (
     shading_config,
 )
 from db3d.nerf.io import load_field, save_field
+from db3d.nerf.occupancy import OccupancyGrid
 
 STATE_FILE = "fit_state.pt"
 LOG_FILE = "fit_log.json"
@@ -172,22 +177,32 @@ def fit_nerf(
         t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds.t_max_end > 0 else sds.t_max, steps)
     uncond = sds.backbone.encode_prompts([""]) if sds else None
     orient = nerf.lambda_orientation > 0 and lambda_nerf > 0 and not latent_channels  # normals for every render
+    # empty-space skipping (None when nerf.occupancy_resolution is 0); read from the field at step 0
+    occupancy = OccupancyGrid.for_fit(nerf.occupancy_resolution, nerf.occupancy_threshold, nerf.n_samples,
+                                      field.config.bound_radius, device)
     recon_background = None  # the pseudo views were rendered in eval mode: over the field's eval background
     if recon is not None and field.config.background == "random_solid":
         recon_background = field.background_color
 
     # 2. resume from the last state, if one was written
     step = 0
+    occupancy_read = False  # the grid has seen the field (an update, or a resumed state)
     state_path = out_dir / STATE_FILE
     state = load_resume_state(state_path, optimizer, gen)
     if state is not None:
         field.load_state_dict(state["field"])
         step = state["step"]
         log = state.get("log", [])
+        if occupancy is not None and state.get("occupancy") is not None:
+            occupancy.load_state_dict(state["occupancy"])
+            occupancy_read = True
 
     bar = progress_bar(total=steps, initial=step, desc=desc)
     while step < steps:
         losses: dict[str, Tensor] = {}
+        if occupancy is not None and (step % nerf.occupancy_every == 0 or not occupancy_read):
+            occupancy.update(field, seed, step)
+            occupancy_read = True
         # 3. SDS on random views: render, to model space, distil
         reg_render = None  # the render L_nerf acts on
         if sds is not None:
@@ -195,7 +210,7 @@ def fit_nerf(
                                          tuple(nerf.distance_range), tuple(nerf.fov_range), gen, device=device)
             mode = "albedo" if latent_channels else sample_shading_mode(shading_cfg, gen)
             out = render_image(field, cams, n_samples=nerf.n_samples, jitter=True, shading=mode, generator=gen,
-                               compute_normals=orient)
+                               compute_normals=orient, occupancy=occupancy)
             image = out.rgb.permute(0, 3, 1, 2)  # (B, C, H, W)
             prompts = [sds.prompt] * len(cams)
             if sds.view_dependent:  # one prompt per camera: "..., back view" etc.
@@ -216,7 +231,7 @@ def fit_nerf(
             cams_v = recon.cameras[idx].to(device)
             out_v = render_image(field, cams_v, n_samples=nerf.n_samples, jitter=True, shading="albedo",
                                  generator=gen, background=recon_background,
-                                 compute_normals=orient and reg_render is None)
+                                 compute_normals=orient and reg_render is None, occupancy=occupancy)
             target = recon.images[idx].to(device).permute(0, 2, 3, 1)  # (V, H, W, 3)
             losses["recon"] = recon.weight * reconstruction_loss(out_v.rgb, target, p=recon.p,
                                                                  reduction="image_sum")  # SDS's units (top)
@@ -239,7 +254,8 @@ def fit_nerf(
         bar.update(1)
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if step < steps and checkpoint:
-            save_resume_state(state_path, step, optimizer, gen, field=field.state_dict(), log=log)
+            save_resume_state(state_path, step, optimizer, gen, field=field.state_dict(), log=log,
+                              occupancy=None if occupancy is None else occupancy.state_dict())
         if on_progress is not None and checkpoint:
             on_progress(step, {k: float(v.item()) for k, v in losses.items()}, field)
     bar.close()

@@ -7,8 +7,9 @@ alpha-composited front to back::
     alpha_i = 1 - exp(-density_i * delta_i),   T_i = prod_{j<i} (1 - alpha_j),   w_i = T_i alpha_i
     rgb = sum_i w_i c_i + (1 - sum_i w_i) * background
 
-No occupancy grid: every sample of every ray that meets the sphere is evaluated; rays that miss
-it cost nothing and show the background. Large images render in chunks of rays (4096 by
+Rays that miss the sphere cost nothing and show the background. Without an occupancy grid every
+sample of every other ray is evaluated; with one (the NeRF loop's, ``db3d/nerf/occupancy.py``),
+only the samples in occupied cells are. Large images render in chunks of rays (4096 by
 default: ~4096 x n_samples points per field call; see ``field_calls_per_sample`` for normals).
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from db3d.core.cameras import CameraBatch, generate_rays
 from db3d.core.config import NeRFConfig
+from db3d.nerf.occupancy import OccupancyGrid
 from db3d.nerf.shading import AMBIENT, DIFFUSE, ShadingMode, needs_normals, shade
 
 
@@ -136,6 +138,7 @@ def render_rays(
     radius: float | None = None,
     generator: torch.Generator | None = None,
     normal_min_weight: float = 0.0,
+    occupancy: OccupancyGrid | None = None,
 ) -> RayRender:
     """Render R rays through ``field`` (``field(x, compute_normals) -> FieldOutputs``).
 
@@ -149,6 +152,10 @@ def render_rays(
     field call instead of seven (finite differences). Not while training: a near-zero weight can
     still have a large gradient in density (empty space in front of a surface), which needs the
     sample's true colour.
+
+    ``occupancy`` (the NeRF loop's grid, ``db3d/nerf/occupancy.py``): the field is evaluated only at
+    samples in occupied cells; the others render as empty space (density 0). Every per-sample
+    tensor keeps its (R, S) shape.
     """
     n_rays, device, dtype = origins.shape[0], origins.device, origins.dtype
     n_col = getattr(field.config, "color_channels", 3)
@@ -170,24 +177,36 @@ def render_rays(
     if hit_idx.numel() > 0:
         o, d, th = origins[hit_idx], directions[hit_idx], t[hit_idx]
         points = o[:, None, :] + th[..., None] * d[:, None, :]  # (Rh, S, 3)
+        flat_points = points.reshape(-1, 3)  # (Rh * S, 3)
         gated = want_normals and normal_min_weight > 0.0 and hasattr(field, "normals")
         if gated and torch.is_grad_enabled():
             raise ValueError("normal_min_weight > 0 is for gradient-free renders (render_views)")
-        out = field(points.reshape(-1, 3), compute_normals=want_normals and not gated)
-        albedo = out.albedo.reshape(-1, n_samples, n_col)
-        normal = out.normal.reshape(-1, n_samples, 3) if want_normals and not gated else None
+        # the samples the field is evaluated at: all, or those in the occupancy grid's occupied cells
+        evaluated = None if occupancy is None else torch.nonzero(occupancy.query(flat_points)).squeeze(-1)
+        out = field(flat_points if evaluated is None else flat_points[evaluated],
+                    compute_normals=want_normals and not gated)
+        dens, albedo = out.density, out.albedo
+        normal = out.normal if want_normals and not gated else None
+        if evaluated is not None:  # skipped samples: density 0, colour and normal 0 (weight 0)
+            n_flat = flat_points.shape[0]
+            dens = torch.zeros(n_flat, device=device, dtype=dens.dtype).index_put((evaluated,), dens)
+            albedo = torch.zeros(n_flat, n_col, device=device, dtype=albedo.dtype).index_put((evaluated,), albedo)
+            if normal is not None:
+                normal = torch.zeros(n_flat, 3, device=device, dtype=normal.dtype).index_put((evaluated,), normal)
+        albedo = albedo.reshape(-1, n_samples, n_col)
+        normal = None if normal is None else normal.reshape(-1, n_samples, 3)
         if gated:  # normals where the sample shows: weight above normal_min_weight
-            w = composite_weights(out.density.reshape(-1, n_samples), (ends - starts)[hit_idx])  # (Rh, S)
+            w = composite_weights(dens.reshape(-1, n_samples), (ends - starts)[hit_idx])  # (Rh, S)
             keep = (w > normal_min_weight).reshape(-1)  # (Rh * S,)
             flat = torch.zeros(keep.shape[0], 3, device=device, dtype=dtype)
             if keep.any():
-                flat[keep] = field.normals(points.reshape(-1, 3)[keep]).to(dtype)
+                flat[keep] = field.normals(flat_points[keep]).to(dtype)
             normal = flat.reshape(-1, n_samples, 3)
         lp = None
         if light_pos is not None:
             lp = light_pos.to(dtype).reshape(-1, 3).expand(n_rays, 3)[hit_idx][:, None, :]
         c = shade(albedo, shading, normal, points, lp, ambient, diffuse)
-        density = density.index_put((hit_idx,), out.density.reshape(-1, n_samples))
+        density = density.index_put((hit_idx,), dens.reshape(-1, n_samples))
         colour = colour.index_put((hit_idx,), c)
         if want_normals:
             sample_normals = sample_normals.index_put((hit_idx,), normal)
@@ -243,6 +262,7 @@ def render_image(
     keep_samples: bool = True,
     generator: torch.Generator | None = None,
     normal_min_weight: float = 0.0,  # see render_rays; render_views sets it
+    occupancy: OccupancyGrid | None = None,  # see render_rays; the NeRF loop passes its grid
 ) -> ImageRender:
     """Render every pixel of every camera, ``chunk`` rays at a time (lights: ``cams.light_pos``).
 
@@ -279,6 +299,7 @@ def render_image(
             compute_normals=compute_normals,
             generator=generator,
             normal_min_weight=normal_min_weight,
+            occupancy=occupancy,
         )
         if not keep_samples:
             part.weights = part.t_starts = part.t_ends = part.sample_normals = None

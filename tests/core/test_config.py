@@ -41,6 +41,8 @@ def test_smoke_preset_and_groups():
     (["nerf.distance_range=[2,1]"], "nerf.distance_range"),
     (["nerf.encoding=cuda"], "nerf.encoding"),
     (["sds.t_max_end=0.99"], "sds.t_max_end"),
+    (["nerf.occupancy_every=0"], "nerf.occupancy_every"),
+    (["nerf.occupancy_threshold=1.5"], "nerf.occupancy_threshold"),
 ])
 def test_invalid_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:

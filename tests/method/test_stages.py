@@ -97,8 +97,12 @@ class _Killed(Exception):
     pass
 
 
-def test_a_nerf_stage_killed_mid_way_resumes_to_the_same_result(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, "nerf.steps=6", "nerf.checkpoint_every=2")
+@pytest.mark.parametrize("occupancy", ["nerf.occupancy_every=3", "nerf.occupancy_resolution=0"])
+def test_a_nerf_stage_killed_mid_way_resumes_to_the_same_result(tmp_path, monkeypatch, occupancy):
+    """Killed at step 5 of 6 and resumed from step 4's state. With the occupancy grid updated at
+    steps 0 and 3, the resumed fit must read the grid from the state (a fresh update at step 4 would
+    differ); and without a grid."""
+    cfg = _cfg(tmp_path, "nerf.steps=6", "nerf.checkpoint_every=2", occupancy)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 16, 16, generator=g)
     from db3d.core.cameras import orbit_cameras
