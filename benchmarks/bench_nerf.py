@@ -5,7 +5,8 @@ process, interleaved (old, new, old, new) and the better of the two tries kept:
 1. hash-grid throughput (points/s, forward and forward+backward) at the toy preset's grid (8 levels,
    2^14 rows) and Instant-NGP's (16 levels, 2^19 rows); on a CUDA machine also torch vs tcnn;
 2. SDS NeRF steps/s of the ToyWorld toy preset (``backbone=toy preset=toy``: 32 px renders, 32
-   samples a ray) and the same at 64 px renders; shaded renders (forward + backward) with
+   samples a ray) and the same at 64 px renders, for the previous grid and the current one without
+   the occupancy grid and the default with it; shaded renders (forward + backward) with
    finite-difference vs autograd normals, and the export's textureless turntable with each;
 3. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
    a full-size SD-1.5-architecture UNet + VAE with random weights (speed does not depend on values);
@@ -78,8 +79,6 @@ def hash_grid(device: torch.device, implementations=IMPLEMENTATIONS, n_levels: i
 
 def _fit_rate(device: torch.device, nerf, resolution: int, term, steps: int, tmp: Path, tag: str) -> float:
     """SDS NeRF steps/s: a fit of 2 + steps steps minus a fit of 2 (the setup cancels)."""
-    from dataclasses import replace
-
     from db3d.method.fit import fit_nerf
 
     times = []
@@ -127,8 +126,6 @@ def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
 
 
 def _with_encoding(nerf, impl: str):
-    from dataclasses import replace
-
     return replace(nerf, encoding=impl)
 
 
@@ -173,8 +170,6 @@ def textureless_turntable(field_path: str | None = None, frames: int = 12, resol
     sample shows (render.EVAL_NORMAL_MIN_WEIGHT, the default now), and autograd normals; and how far
     each one's frames are from the first's. ``field_path``: a trained field (``field.safetensors``)
     instead of a freshly initialised one."""
-    from dataclasses import replace
-
     from db3d.core.config import compose
     from db3d.export.media import turntable
     from db3d.nerf import NeRFField, render

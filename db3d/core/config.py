@@ -159,8 +159,9 @@ class NeRFConfig:
     occupancy_resolution: int = 64
     """Cells per side of the NeRF loop's occupancy grid over the bounding cube (db3d/nerf/occupancy.py;
     Instant-NGP / nerfacc: 128): training renders evaluate the field only at samples in occupied
-    cells. 0: off, every sample evaluated. Measured in benchmarks/bench_nerf.py (SDS step with and
-    without) and on the ToyWorld bench (README)."""
+    cells. 0: off, every sample evaluated. Measured on 2 CPU cores (benchmarks/bench_nerf.py, toy
+    preset, fresh field): the SDS step 75 -> 52 ms at 32 px and 267 -> 115 ms at 64 px renders; the
+    held-out ToyWorld bench moved -0.12 dB (dreambooth3d) and -0.03 dB (fusion) in mean PSNR (README)."""
     occupancy_every: int = 16
     """Steps between occupancy-grid updates (nerfacc: 16)."""
     occupancy_threshold: float = 0.01
