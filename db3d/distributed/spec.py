@@ -168,25 +168,35 @@ def _subjects(spec: SweepSpec, out: Path, data_root: str | None) -> list[tuple[s
 
 
 def expand(spec: SweepSpec, out: Path, identifier: str = "sks", data_root: str | None = None) -> list[Point]:
-    """Every subject x prompt x grid cell, in a stable order."""
+    """Every subject x prompt x grid cell, in a stable order that keeps side-by-side trials apart.
+
+    Tune starts trials in this order, max_concurrent at a time. Trials of one subject share its
+    DreamBooth run, trials of one prompt its stage 1 and 2: two of them started together would
+    compute that stage once while the other waits on its lock, a core idle. So the order is grid
+    cell, then prompt, then subject (innermost): neighbours differ in subject first, then in prompt,
+    and a later cell reuses the stages its earlier cells computed (the first cell is also the grid's
+    first method: dreambooth3d before the shorter dreambooth_fusion, longest first)."""
     try:
         subjects = _subjects(spec, Path(out), data_root)
     except DataError as err:
         raise SweepError(f"{spec.path}: subjects: {err}") from err
     keys = sorted(spec.grid)
     cells = [dict(zip(keys, combo)) for combo in itertools.product(*(spec.grid[k] for k in keys))] or [{}]
-    points = []
+    # 1. each subject's prompts
+    prompts = []  # [(folder, name, class noun, [prompt, ...])]
     for folder, name, class_noun, templates in subjects:
-        if isinstance(spec.prompts, dict):
-            chosen = templates[: int(spec.prompts.get("dataset", 1))]
-        else:
-            chosen = list(spec.prompts)
-        for template in chosen:
-            prompt = template.format(identifier, class_noun)
-            for cell in cells:
-                overrides = tuple(list(spec.overrides) + [f"{k}={v}" for k, v in cell.items()])
-                pid = content_key(name, folder, prompt, overrides)
-                points.append(Point(pid, folder, name, class_noun, prompt, overrides))
+        chosen = templates[: int(spec.prompts.get("dataset", 1))] if isinstance(spec.prompts, dict) \
+            else list(spec.prompts)
+        prompts.append((folder, name, class_noun, [t.format(identifier, class_noun) for t in chosen]))
+    # 2. cell, then the j-th prompt, then subject
+    points = []
+    for cell in cells:
+        overrides = tuple(list(spec.overrides) + [f"{k}={v}" for k, v in cell.items()])
+        for j in range(max((len(p[3]) for p in prompts), default=0)):
+            for folder, name, class_noun, own in prompts:
+                if j < len(own):
+                    pid = content_key(name, folder, own[j], overrides)
+                    points.append(Point(pid, folder, name, class_noun, own[j], overrides))
     return points
 
 

@@ -21,6 +21,29 @@ def test_demo_spec_expands_to_its_grid(tmp_path):
     assert expand(load_spec("demo"), tmp_path) == points  # stable ids: restores find their rows
 
 
+def test_neighbouring_trials_differ_in_subject_then_prompt_so_they_do_not_wait_on_each_others_stages(
+        shared_dataset, tmp_path):
+    """Tune starts trials in expand's order, two at a time here: two trials of one subject would share
+    its DreamBooth run (one computing, one waiting on the lock), two of one prompt its stage 1."""
+    spec = load_spec("loss_weights")  # 3 subjects x 1 prompt x grid cells
+    points = expand(spec, tmp_path, data_root=str(shared_dataset))
+    assert len(points) == 6
+    for a, b in zip(points, points[1:]):
+        if a.overrides == b.overrides:  # within a cell: a new subject each time
+            assert a.subject_name != b.subject_name
+    two = tmp_path / "two.yaml"  # one subject, two prompts, four cells: neighbours differ in prompt
+    two.write_text('name: two\nsubjects: {generated: 1}\nprompts: ["a {0} {1}", "a {0} {1} on a table"]\n'
+                   'grid: {method.lambda_recon: [0.25, 0.5, 1.0, 2.0]}\n')
+    points = expand(load_spec(str(two)), tmp_path)
+    assert len(points) == 8 and all(a.prompt != b.prompt for a, b in zip(points, points[1:]))
+    assert [p.overrides[-1] for p in points[:2]] == ["method.lambda_recon=0.25"] * 2
+    # the demo: both subjects' dreambooth3d first (the longer method), then fusion reusing their DreamBooth
+    demo = expand(load_spec("demo"), tmp_path)
+    assert [(p.subject_name, p.overrides[-1]) for p in demo] == [
+        ("toy00", "method=dreambooth3d"), ("toy01", "method=dreambooth3d"),
+        ("toy00", "method=dreambooth_fusion"), ("toy01", "method=dreambooth_fusion")]
+
+
 def test_dataset_spec_uses_the_table(shared_dataset, tmp_path):
     spec = load_spec("loss_weights")
     points = expand(spec, tmp_path, data_root=str(shared_dataset))
