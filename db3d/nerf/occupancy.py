@@ -72,9 +72,16 @@ class OccupancyGrid:
         ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)  # (res^3, 3)
         u = torch.rand(ijk.shape, generator=gen)
         points = ((ijk + u) / res * 2.0 - 1.0) * self.radius
-        # 2. the field's density there
-        density = torch.cat([field.density(points[i:i + UPDATE_CHUNK].to(device)).float()
-                             for i in range(0, points.shape[0], UPDATE_CHUNK)])
+        # 2. the field's density there; outside its bounding sphere the field's density is 0 by
+        #    construction (NeRFField._raw, the same test), so only the points inside are evaluated
+        #    (about pi/6 of the cube's)
+        r = field.config.bound_radius
+        inside = (points * points).sum(-1) <= r * r  # (res^3,)
+        kept = points[inside]
+        density = torch.zeros(points.shape[0], device=device)
+        if kept.shape[0]:
+            density[inside.to(device)] = torch.cat([field.density(kept[i:i + UPDATE_CHUNK].to(device)).float()
+                                                    for i in range(0, kept.shape[0], UPDATE_CHUNK)])
         # 3. decaying maximum, threshold (at most the mean), dilation by one cell
         self.occ = torch.maximum(self.occ * DECAY, density)
         cells = (self.occ > min(self.density_threshold, float(self.occ.mean()))).reshape(1, 1, res, res, res)

@@ -54,6 +54,31 @@ def test_cells_follow_the_density_and_points_map_to_their_cell():
     assert torch.equal(idx, torch.arange(res**3))
 
 
+def test_an_update_evaluates_the_field_only_inside_its_sphere_and_equals_evaluating_every_cell():
+    """Outside the bounding sphere the field's density is 0 by construction, so the update skips
+    those points (about half the cube's); its grid equals one that evaluated every cell."""
+    res, field = 16, _blob_field(blob_scale=0.5, radius=3.0)  # density > 0 everywhere inside the sphere
+    with torch.no_grad():
+        field.mlp[-1].bias[0] = 2.0
+    seen: list[torch.Tensor] = []
+    density = field.density
+    field.density = lambda x: (seen.append(x), density(x))[1]
+    grid = OccupancyGrid.for_fit(res, 0.01, N_SAMPLES, radius=field.config.bound_radius)
+    grid.update(field, seed=3, step=5)
+    points = torch.cat(seen)
+    assert (points.norm(dim=-1) <= field.config.bound_radius).all()
+    assert 0.45 < points.shape[0] / res**3 < 0.6  # the sphere's share of the cube, pi/6
+    # the first update's grid is the density itself: the same as the field's at every point of the cube
+    gen = torch.Generator().manual_seed(3 * 1_000_003 + 5)  # the update's draw (seed, step)
+    axis = torch.arange(res, dtype=torch.float32)
+    ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    cube = ((ijk + torch.rand(ijk.shape, generator=gen)) / res * 2.0 - 1.0) * field.config.bound_radius
+    with torch.no_grad():
+        every = density(cube)  # (res^3,)
+    assert torch.allclose(grid.occ, every, rtol=1e-6, atol=1e-9)
+    assert torch.equal(grid.occ > 0, every > 0) and 0.45 < float((every > 0).float().mean()) < 0.6
+
+
 def test_a_field_with_no_density_is_evaluated_everywhere_rather_than_nowhere():
     grid = OccupancyGrid.for_fit(8, 0.01, N_SAMPLES, radius=1.0)
     field = _blob_field(blob_scale=0.0)
