@@ -175,17 +175,33 @@ def progress_line(trials: dict, records: list[dict], total: int, elapsed: float,
 
 
 @contextlib.contextmanager
-def _environ(name: str, value: str):
-    """Set one environment variable for the duration of the block (restored after)."""
-    old = os.environ.get(name)
-    os.environ[name] = value
+def _environ(values: dict[str, str]):
+    """Set environment variables for the duration of the block (restored after)."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+TRAIN_HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_HEALTH_CHECK_S = "0.5"
+"""How often a Ray Train controller polls its workers (Ray's default: 2 s). A stage's Train run
+(trainer=ray_train) ends only at the poll after its workers finish, so the default cost ~2 s per
+stage run; at 0.5 s the Ray Train test (7 Train runs) took 116.5 / 115.3 s against 128.1 / 127.2 s, and a
+no-op run's wait after its worker returned fell from 3.0 s to 1.0 s (2 cores). A value the user
+set is kept."""
+
+
+def worker_env(progress_dir: Path) -> dict[str, str]:
+    """The environment the sweep's Ray workers get: the progress folder and Ray Train's poll interval."""
+    return {PROGRESS_DIR_ENV: str(progress_dir),
+            TRAIN_HEALTH_CHECK_ENV: os.environ.get(TRAIN_HEALTH_CHECK_ENV, TRAIN_HEALTH_CHECK_S)}
 
 
 def tune_setup(spec, sweep: dict, concurrent: int | None = None) -> tuple:
@@ -348,9 +364,9 @@ def run_sweep(argv: list[str]) -> int:
     shutil.rmtree(progress_dir, ignore_errors=True)  # an earlier run's records
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(runtime_env={"env_vars": {PROGRESS_DIR_ENV: str(progress_dir)}})
+            ray.init(runtime_env={"env_vars": worker_env(progress_dir)})
         else:
-            with _environ(PROGRESS_DIR_ENV, str(progress_dir)):  # the local raylet's workers inherit it
+            with _environ(worker_env(progress_dir)):  # the local raylet's workers inherit it
                 node_ip = start_local_ray(opts.get("host", LOOPBACK),
                                           num_cpus=int(opts["num_cpus"]) if "num_cpus" in opts else None)
             print(f"[db3d sweep] local Ray on {node_ip}", flush=True)

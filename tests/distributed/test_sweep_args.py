@@ -19,3 +19,14 @@ def test_no_reuse_is_reuse_false_in_its_place():
     assert parse_args(["sweep=s", "out=o", "--no-reuse", "reuse=true"])[0]["reuse"] == "true"  # the last wins
     with pytest.raises(SweepError, match="sweep=NAME_OR_PATH and out=DIR"):
         parse_args(["sweep=s", "nerf.steps=4"])
+
+
+def test_workers_get_the_progress_folder_and_a_short_train_poll_unless_the_user_set_one(tmp_path, monkeypatch):
+    from db3d.core.progress import PROGRESS_DIR_ENV
+    from db3d.distributed.sweep import TRAIN_HEALTH_CHECK_ENV, worker_env
+
+    monkeypatch.delenv(TRAIN_HEALTH_CHECK_ENV, raising=False)
+    env = worker_env(tmp_path)
+    assert env[PROGRESS_DIR_ENV] == str(tmp_path) and float(env[TRAIN_HEALTH_CHECK_ENV]) < 2.0  # Ray's default: 2 s
+    monkeypatch.setenv(TRAIN_HEALTH_CHECK_ENV, "3")
+    assert worker_env(tmp_path)[TRAIN_HEALTH_CHECK_ENV] == "3"
