@@ -6,7 +6,8 @@ process, interleaved (old, new, old, new) and the better of the two tries kept:
    2^14 rows) and Instant-NGP's (16 levels, 2^19 rows); on a CUDA machine also torch vs tcnn;
 2. SDS NeRF steps/s of the ToyWorld toy preset (``backbone=toy preset=toy``: 32 px renders, 32
    samples a ray) and the same at 64 px renders, for the previous grid and the current one without
-   the occupancy grid and the default with it; shaded renders (forward + backward) with
+   the occupancy grid, the same with it calling the UNet module, and the default (occupancy grid,
+   traced UNet: backbone.trace); shaded renders (forward + backward) with
    finite-difference vs autograd normals, and the export's textureless turntable with each;
 3. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
    a full-size SD-1.5-architecture UNet + VAE with random weights (speed does not depend on values);
@@ -100,6 +101,7 @@ def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
     from db3d.models.backbones import build_backbone
     from db3d.core.config import compose
     from db3d.method.fit import SDSTerm
+    from db3d.models import traced
 
     cfg = compose(["backbone=toy", "preset=toy"])
     device = torch.device("cpu")
@@ -107,16 +109,29 @@ def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
     s = cfg.sds
     term = SDSTerm(backbone=bb, prompt="a red ball on a blue box", guidance_scale=s.guidance_scale, t_min=s.t_min,
                    t_max=s.t_max, t_max_end=s.t_max_end, grad_clip=s.grad_clip, weight=cfg.method.lambda_sds)
-    variants = {"torch_reference, no occupancy grid": replace(cfg.nerf, encoding="torch_reference",
-                                                              occupancy_resolution=0),
-                "torch, no occupancy grid": replace(cfg.nerf, encoding="torch", occupancy_resolution=0),
-                f"torch + {cfg.nerf.occupancy_resolution}^3 occupancy grid (default)": cfg.nerf}
+    # (nerf config, UNet traced): a stage of >= traced.TRACE_MIN_CALLS steps traces the UNet on the
+    # CPU (backbone.trace); these short fits are told to, so both the trace's cost and its saving show
+    grid = f"torch + {cfg.nerf.occupancy_resolution}^3 occupancy grid"
+    variants = {"torch_reference, no occupancy grid": (replace(cfg.nerf, encoding="torch_reference",
+                                                               occupancy_resolution=0), False),
+                "torch, no occupancy grid": (replace(cfg.nerf, encoding="torch", occupancy_resolution=0), False),
+                f"{grid}, UNet module": (cfg.nerf, False),
+                f"{grid}, traced UNet (default)": (cfg.nerf, True)}
     first, last = next(iter(variants)), list(variants)[-1]
+
+    def rate(nerf, trace: bool, res: int, tmp: str, tag: str) -> float:
+        saved = traced.TRACE_MIN_CALLS
+        traced.TRACE_MIN_CALLS = 0 if trace else 10**9
+        try:
+            return _fit_rate(device, nerf, res, term, steps, Path(tmp), tag)
+        finally:
+            traced.TRACE_MIN_CALLS = saved
+
     for res in resolutions:
         with tempfile.TemporaryDirectory() as tmp:
-            fns = {name: (lambda nerf=nerf, name=name: 1.0 / _fit_rate(
-                device, nerf, res, term, steps, Path(tmp), f"{len(name)}-{res}-{time.monotonic_ns()}"))
-                for name, nerf in variants.items()}
+            fns = {name: (lambda nerf=nerf, trace=trace, name=name: 1.0 / rate(
+                nerf, trace, res, tmp, f"{len(name)}-{res}-{time.monotonic_ns()}"))
+                for name, (nerf, trace) in variants.items()}
             best = _best_of(fns)
         cells = " | ".join(f"{name}: {1.0 / best[name]:.2f} steps/s ({best[name] * 1e3:.0f} ms/step)"
                            for name in variants)

@@ -67,6 +67,10 @@ class BackboneConfig:
     compile: bool = False
     """torch.compile the frozen UNet (GPU speed option; the first calls pay the compilation).
     Trainable copies (DreamBooth) are not compiled."""
+    trace: bool = True
+    """CPU speed option: a NeRF fit of >= 200 steps calls the frozen UNet through TorchScript traces,
+    one per input shape (db3d/models/traced.py): bit-identical outputs, the toy preset's SDS UNet
+    call 24.1 -> 17.8 ms. Ignored on CUDA, under autocast and with compile."""
     seed: int = 0
     """Seed of the tiny backbones' random weights (ignored by sd / if)."""
     sample_steps: int = 50

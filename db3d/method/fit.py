@@ -44,6 +44,7 @@ from db3d.core.config import NeRFConfig
 from db3d.core.resume import load_resume_state, save_resume_state
 from db3d.core.progress import bar as progress_bar
 from db3d.method.sds import sds_loss, to_model_space
+from db3d.models import traced
 from db3d.models.backbones import Backbone
 from db3d.nerf import (
     LinearSchedule,
@@ -176,6 +177,7 @@ def fit_nerf(
     if sds is not None:
         t_max = LinearSchedule(sds.t_max, sds.t_max_end if sds.t_max_end > 0 else sds.t_max, steps)
     uncond = sds.backbone.encode_prompts([""]) if sds else None
+    unet = traced.for_fit(sds.backbone, steps) if sds else None  # None: the backbone's own UNet module
     orient = nerf.lambda_orientation > 0 and lambda_nerf > 0 and not latent_channels  # normals for every render
     # empty-space skipping (None when nerf.occupancy_resolution is 0); read from the field at step 0
     occupancy = OccupancyGrid.for_fit(nerf.occupancy_resolution, nerf.occupancy_threshold, nerf.n_samples,
@@ -222,7 +224,7 @@ def fit_nerf(
             else:
                 x = to_model_space(sds.backbone, image)
             loss, info = sds_loss(sds.backbone, x, cond, uncond, sds.guidance_scale, (sds.t_min, t_max(step)), gen,
-                                  sds.grad_clip)
+                                  sds.grad_clip, unet=unet)
             losses["sds"] = sds.weight * loss
             reg_render = out
         # 4. reconstruction of known views at their cameras, over the background they were rendered on

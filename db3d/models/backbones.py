@@ -98,6 +98,8 @@ class Backbone:
     """bf16 / fp16: the SDS UNet call and VAE encoder run under torch.autocast (None: off)."""
     compile_unet: bool = False
     """backbone.compile: frozen UNets (the base and every loaded checkpoint) are torch.compiled."""
+    trace_unet: bool = True
+    """backbone.trace: long NeRF fits on the CPU call the UNet through TorchScript traces (models/traced.py)."""
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     # -- facts about the model -------------------------------------------------------------
@@ -362,7 +364,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
                     tokenizer=parts["tokenizer"], vae=parts["vae"], scheduler=parts["scheduler"],
                     resolution=cfg.resolution, device=device, dtype=dtype, text_device=text_device,
                     sample_steps=cfg.sample_steps, autocast_dtype=DTYPES.get(cfg.autocast),
-                    compile_unet=cfg.compile)
+                    compile_unet=cfg.compile, trace_unet=cfg.trace)
 
 
 def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> dict:
