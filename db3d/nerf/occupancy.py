@@ -43,6 +43,9 @@ class OccupancyGrid:
         self.resolution, self.radius, self.density_threshold = resolution, radius, density_threshold
         self.occ = torch.zeros(resolution**3, device=device)  # (res^3,) decaying max density per cell
         self.occupied = torch.ones(resolution**3, dtype=torch.bool, device=device)  # all, until the first update
+        axis = torch.arange(resolution, dtype=torch.float32)
+        self.ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)  # (res^3, 3)
+        """Each cell's integer corner, in cell_index's order (CPU: the update's points are drawn there)."""
 
     @classmethod
     def for_fit(cls, resolution: int, alpha_threshold: float, n_samples: int, radius: float,
@@ -68,10 +71,8 @@ class OccupancyGrid:
         res, device = self.resolution, self.occ.device
         # 1. one point per cell, uniform inside it (cells in cell_index's order)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        axis = torch.arange(res, dtype=torch.float32)
-        ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)  # (res^3, 3)
-        u = torch.rand(ijk.shape, generator=gen)
-        points = ((ijk + u) / res * 2.0 - 1.0) * self.radius
+        u = torch.rand(self.ijk.shape, generator=gen)
+        points = ((self.ijk + u) / res * 2.0 - 1.0) * self.radius  # (res^3, 3)
         # 2. the field's density there; outside its bounding sphere the field's density is 0 by
         #    construction (NeRFField._raw, the same test), so only the points inside are evaluated
         #    (about pi/6 of the cube's)
