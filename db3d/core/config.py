@@ -345,7 +345,7 @@ class RunConfig:
     out: str = "outputs/run"
     """Output folder: resolved config, artifacts, exports. Rerun with the same out to resume."""
     cache_dir: str = ""
-    """Cache of reusable artifacts (class images). Empty: ~/.cache/db3d (or $DB3D_CACHE)."""
+    """Cache of reusable artifacts (class images, ToyWorld's scoring renders). Empty: ~/.cache/db3d (or $DB3D_CACHE)."""
     seed: int = 0
     """Seed of everything random in the run (training noise, timesteps, cameras)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

@@ -18,9 +18,9 @@ from db3d.core.cameras import CameraBatch
 
 class GroundTruth(Protocol):
     def score_field(self, field_file: Path, n_samples: int, device: torch.device | str,
-                    compare_png: Path | None = None, store: Path | None = None) -> dict[str, float]:
+                    compare_png: Path | None = None, cache: Path | None = None) -> dict[str, float]:
         """metric.toy.* of a saved NeRF rendered on the scoring orbit (compare_png: truth above renders;
-        store: the run's artifact store, where renders that every run shares may be kept)."""
+        cache: the run's cache folder, where renders that every run shares may be kept)."""
 
     def probe(self, render: Callable[[CameraBatch], torch.Tensor], views: int, resolution: int) -> dict[str, float]:
         """quality.toy.psnr / quality.toy.psnr_back of `render(cams)` -> (V, R, R, 3) in [0, 1] on the

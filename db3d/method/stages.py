@@ -37,8 +37,8 @@ from db3d.method.data_parallel import rank_and_world
 from db3d.method.dreambooth import STATE_FILE
 from db3d.method.executor import INLINE, Executor, StageCost
 from db3d.method.fit import ReconTerm, SDSTerm, fit_diagnostics, fit_nerf
-from db3d.method.personalize import (Personalized, backbone_for, dreambooth_folder, dreambooth_run, personalization_steps,
-                                     personalized)
+from db3d.method.personalize import (Personalized, backbone_for, default_cache_dir, dreambooth_folder, dreambooth_run,
+                                     personalization_steps, personalized)
 from db3d.method.pseudo_views import is_fog, load_pseudo_views, make_pseudo_views
 from db3d.models.backbones import Backbone, backbone_key, build_backbone, resolve_device
 
@@ -267,9 +267,9 @@ def metrics(ctx: Context, final: NerfCheckpoint, views_dir: Path) -> dict:
 
 def truth_metrics(ctx: Context, final: NerfCheckpoint, truth: GroundTruth, compare_png: Path) -> dict:
     """metric.toy.*: the final NeRF against the subject's true object (eval/truth.py); renders that
-    every run's scoring shares are kept in the artifact store."""
+    every run's scoring shares are kept in the run's cache folder (cache_dir, like class images)."""
     return truth.score_field(final.field_file, ctx.cfg.nerf.n_samples, resolve_device(ctx.cfg.backbone.device),
-                             compare_png, store=ctx.store)
+                             compare_png, cache=default_cache_dir(ctx.cfg))
 
 
 def run_method(cfg: RunConfig, subject: Subject, prompt: str, out: Path, bb: Backbone | None = None,

@@ -7,10 +7,11 @@
 
 Columns `metric.toy.<name>` go into the run's row (the same Parquet schema as every sweep).
 
-Step 3's candidates (every world object rendered on the scoring orbit) cost more than the rest
-of the scoring together and are the same for every trial, so with an artifact store they are
-rendered once per store (`store/toyworld_renders/<key>/`, the key naming the world's objects,
-the cameras and the renderer's source) and loaded after that: the same tensors, bit for bit.
+Step 3's candidates (every world object rendered on the scoring orbit: 120 objects x 16 views,
+~9-10 s on one core) cost more than the rest of the scoring together and are the same for every
+run, so with a cache folder (the run's cache_dir: ~/.cache/db3d by default, as for class images)
+they are rendered once per machine (`cache/toyworld_renders/<key>/`, the key naming the world's
+objects, the cameras and the renderer's source) and loaded after that: the same tensors, bit for bit.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _world_renders = lru_cache(maxsize=4)(_render_world)
 
 
 WORLD_RENDERS = "toyworld_renders"
-"""Folder of the artifact store that keeps the world's scoring renders (world_renders)."""
+"""Folder of the cache that keeps the world's scoring renders (world_renders)."""
 
 
 @lru_cache(maxsize=1)
@@ -70,10 +71,10 @@ def world_renders_key(n_views: int, resolution: int, world_size: int) -> str:
 
 
 @lru_cache(maxsize=4)
-def _stored_world_renders(store: Path, n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
-    """_world_renders, computed once per artifact store (under its lock) and loaded after that."""
+def _stored_world_renders(cache: Path, n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
+    """_world_renders, computed once per cache folder (under its lock) and loaded after that."""
     key = world_renders_key(n_views, resolution, world_size)
-    folder = store / WORLD_RENDERS / key
+    folder = cache / WORLD_RENDERS / key
     file = folder / "renders.pt"
     with artifact_lock(folder):
         if (folder / "done.json").exists():
@@ -88,23 +89,23 @@ def _stored_world_renders(store: Path, n_views: int, resolution: int, world_size
 
 
 def world_renders(n_views: int = N_VIEWS, resolution: int = RESOLUTION, world_size: int = WORLD_SIZE,
-                  store: Path | str | None = None) -> tuple[torch.Tensor, ...]:
+                  cache: Path | str | None = None) -> tuple[torch.Tensor, ...]:
     """The first world_size objects of the world rendered on score_cameras(n_views, resolution):
-    one (V, H, W, 3) tensor each. Kept per process; with an artifact store also on disk, so the
-    trials of a sweep (each a new process) render them once."""
-    if store is None:
+    one (V, H, W, 3) tensor each. Kept per process; with a cache folder also on disk, so every run
+    and every sweep trial on the machine (each a new process) loads them after the first."""
+    if cache is None:
         return _world_renders(n_views, resolution, world_size)
-    return _stored_world_renders(Path(store).resolve(), n_views, resolution, world_size)
+    return _stored_world_renders(Path(cache).expanduser().resolve(), n_views, resolution, world_size)
 
 
 def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, resolution: int = RESOLUTION,
                   world_size: int = WORLD_SIZE, compare_png=None, alpha: torch.Tensor | None = None,
-                  store: Path | str | None = None) -> dict[str, float]:
+                  cache: Path | str | None = None) -> dict[str, float]:
     """Scores of renders pred (V, H, W, 3) (opacity alpha (V, H, W, 1) if known) taken from
     score_cameras(V, H) against obj.
 
     compare_png: also save a grid, ground truth above the renders, one column per view.
-    store: an artifact store that keeps the world's renders (world_renders); the scores are the same."""
+    cache: a folder that keeps the world's renders (world_renders); the scores are the same."""
     cams = score_cameras(n_views, resolution)
     gt = render_object(obj, cams)
     if compare_png is not None:
@@ -112,7 +113,7 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
     back = scores.back_half(cams.azimuth_deg)
     front = ~back
     p_all, s_all = scores.psnr(pred, gt.rgb), scores.ssim(pred, gt.rgb)
-    candidates = [gt.rgb] + list(world_renders(n_views, resolution, world_size, store))
+    candidates = [gt.rgb] + list(world_renders(n_views, resolution, world_size, cache))
     return {
         "metric.toy.psnr.all": float(p_all.mean()),
         "metric.toy.psnr.back": float(p_all[back].mean()),
@@ -128,8 +129,8 @@ def score_renders(pred: torch.Tensor, obj: ToyObject, n_views: int = N_VIEWS, re
 
 @torch.no_grad()
 def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.device | str = "cpu",
-                compare_png=None, store: Path | str | None = None) -> dict:
-    """Render a saved NeRF on the scoring orbit and score it against obj (compare_png, store: see
+                compare_png=None, cache: Path | str | None = None) -> dict:
+    """Render a saved NeRF on the scoring orbit and score it against obj (compare_png, cache: see
     score_renders)."""
     field = load_field(field_file, torch.device(device)).eval()
     white = torch.ones(getattr(field.config, "color_channels", 3))
@@ -139,4 +140,4 @@ def score_field(field_file, obj: ToyObject, n_samples: int = 64, device: torch.d
         out = render_views(field, cams[start:start + 8], n_samples=n_samples, shading="albedo", background=white)
         rgb.append(out.rgb.clamp(0, 1).cpu())
         alpha.append(out.opacity.cpu())
-    return score_renders(torch.cat(rgb), obj, compare_png=compare_png, alpha=torch.cat(alpha), store=store)
+    return score_renders(torch.cat(rgb), obj, compare_png=compare_png, alpha=torch.cat(alpha), cache=cache)

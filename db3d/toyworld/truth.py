@@ -24,8 +24,8 @@ class ToyTruth:
     _renders: dict = field(default_factory=dict, repr=False)  # (views, resolution) -> (V, R, R, 3) true renders
 
     def score_field(self, field_file: Path, n_samples: int, device: torch.device | str,
-                    compare_png: Path | None = None, store: Path | None = None) -> dict[str, float]:
-        return score_field(field_file, self.obj, n_samples, device, compare_png, store)
+                    compare_png: Path | None = None, cache: Path | None = None) -> dict[str, float]:
+        return score_field(field_file, self.obj, n_samples, device, compare_png, cache)
 
     def probe(self, render: Callable[[CameraBatch], torch.Tensor], views: int, resolution: int) -> dict[str, float]:
         # 1.-2. the scoring orbit at the probe's size; PSNR to the true object's fixed-light renders

@@ -297,3 +297,28 @@ def test_a_foggy_stage1_never_becomes_stage3s_target(subject, tmp_path, on_fog):
     fusion = run_method(_cfg(tmp_path, "backbone=tiny-sd", "method=dreambooth_fusion",
                              "dreambooth.prior_preservation=false"), subject, "a sks toy", tmp_path / "out")
     assert fusion.final.key == result.final.key
+
+
+def test_truth_scoring_keeps_the_worlds_renders_in_the_runs_cache_folder(tmp_path, monkeypatch):
+    """The world's scoring renders are the same for every run: they go to cache_dir (kept across
+    out folders, like class images), not to the run's artifact store."""
+    from types import SimpleNamespace
+
+    from db3d.core.artifacts import NerfCheckpoint
+    from db3d.method import stages
+
+    seen = []
+
+    class Truth:  # a GroundTruth that records where its shared renders would be kept
+        def score_field(self, field_file, n_samples, device, compare_png=None, cache=None):
+            seen.append(cache)
+            return {"metric.toy.psnr.all": 1.0}
+
+    final = NerfCheckpoint(path=str(tmp_path / "final"), key="k", steps=1)
+    for cache_dir, env in ((str(tmp_path / "mine"), None), ("", str(tmp_path / "env"))):
+        if env:
+            monkeypatch.setenv("DB3D_CACHE", env)
+        cfg = compose(["preset=smoke", f"cache_dir={cache_dir}", f"out={tmp_path / 'out'}"])
+        ctx = SimpleNamespace(cfg=cfg, store=tmp_path / "out" / "artifacts")
+        assert stages.truth_metrics(ctx, final, Truth(), tmp_path / "c.png") == {"metric.toy.psnr.all": 1.0}
+    assert seen == [tmp_path / "mine", tmp_path / "env"]

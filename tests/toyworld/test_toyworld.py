@@ -215,7 +215,7 @@ def test_nerf_fits_toyworld_renders(world):
     assert score >= 25.0
 
 
-# ---- ground-truth scoring: the world's renders kept in an artifact store ---------------------
+# ---- ground-truth scoring: the world's renders kept in a cache folder ---------------------------
 
 
 def test_stored_world_renders_give_the_same_scores(tmp_path, monkeypatch):
@@ -226,15 +226,15 @@ def test_stored_world_renders_give_the_same_scores(tmp_path, monkeypatch):
     r = render_object(obj, evaluate.score_cameras(n, res))
     pred = (0.8 * r.rgb + 0.1).clamp(0, 1)
     old = evaluate.score_renders(pred, obj, n, res, world_size=size, alpha=r.alpha)  # in-process renders only
-    cold = evaluate.score_renders(pred, obj, n, res, world_size=size, alpha=r.alpha, store=tmp_path)
+    cold = evaluate.score_renders(pred, obj, n, res, world_size=size, alpha=r.alpha, cache=tmp_path)
     key = evaluate.world_renders_key(n, res, size)
     assert (tmp_path / evaluate.WORLD_RENDERS / key / "done.json").exists()
     # a new process (no in-process cache) loads them and never renders the world
     evaluate._stored_world_renders.cache_clear()
     monkeypatch.setattr(evaluate, "_render_world", lambda *a: pytest.fail("the world was rendered again"))
-    warm = evaluate.score_renders(pred, obj, n, res, world_size=size, alpha=r.alpha, store=tmp_path)
+    warm = evaluate.score_renders(pred, obj, n, res, world_size=size, alpha=r.alpha, cache=tmp_path)
     assert old == cold == warm
-    stored = evaluate.world_renders(n, res, size, store=tmp_path)
+    stored = evaluate.world_renders(n, res, size, cache=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(stored, evaluate._world_renders(n, res, size)))
     assert len(stored) == size
     assert key != evaluate.world_renders_key(n, res + 1, size) != evaluate.world_renders_key(n, res, size + 1)
