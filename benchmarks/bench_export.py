@@ -5,9 +5,9 @@ The previous code is a detached git worktree of --old-ref (default main), made f
 removed after it. Every measurement is a fresh process, as a sweep trial is: it builds the run's
 context for a ToyWorld subject at `backbone=toy preset=toy`, builds the backbone first (a trial's
 NeRF stages did that before its exports; not timed), then times `stages.exports`, `stages.metrics`
-and `stages.truth_metrics` on one final NeRF. This tree runs twice on one artifact store: "cold",
-the first trial of a sweep (the world's scoring renders are rendered and stored), and "warm",
-every later trial (they are loaded). Both runs of this tree must give the previous code's
+and `stages.truth_metrics` on one final NeRF. This tree runs twice on one artifact store and one
+cache folder (cache_dir): "cold", the first run on a machine (the world's scoring renders are
+rendered and kept in the cache), and "warm", every later run or trial (they are loaded). Both runs of this tree must give the previous code's
 metric.toy.* values exactly and byte-identical exported files; the script says so or fails.
 
 Without --field the final NeRF is fitted here first (the toy preset's field, by reconstruction of
@@ -44,7 +44,7 @@ def child(args: dict) -> None:
     from db3d.method import stages
     from db3d.toyworld.truth import truth_for
 
-    cfg = compose(OVERRIDES)
+    cfg = compose([*OVERRIDES, f"cache_dir={args['cache']}"])
     subject = resolve_subject(args["subject"], class_noun="toy")
     images, _ = load_subject_images(subject, cfg.backbone.resolution)
     out = Path(args["out"])
@@ -127,11 +127,11 @@ def main() -> None:
             common = {"subject": str(subject), "field": str(field)}
             runs = {
                 "old": run_child(old_tree, {**common, "out": str(tmp / "o"), "store": str(tmp / "store_old"),
-                                            "result": str(tmp / "old.json")}),
+                                            "cache": str(tmp / "cache_old"), "result": str(tmp / "old.json")}),
                 "new cold": run_child(REPO, {**common, "out": str(tmp / "n1"), "store": str(tmp / "store_new"),
-                                             "result": str(tmp / "new1.json")}),
+                                             "cache": str(tmp / "cache_new"), "result": str(tmp / "new1.json")}),
                 "new warm": run_child(REPO, {**common, "out": str(tmp / "n2"), "store": str(tmp / "store_new"),
-                                             "result": str(tmp / "new2.json")}),
+                                             "cache": str(tmp / "cache_new"), "result": str(tmp / "new2.json")}),
             }
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False)
