@@ -9,9 +9,11 @@ Columns `metric.toy.<name>` go into the run's row (the same Parquet schema as ev
 
 Step 3's candidates (every world object rendered on the scoring orbit: 120 objects x 16 views,
 ~9-10 s on one core) cost more than the rest of the scoring together and are the same for every
-run, so with a cache folder (the run's cache_dir: ~/.cache/db3d by default, as for class images)
-they are rendered once per machine (`cache/toyworld_renders/<key>/`, the key naming the world's
-objects, the cameras and the renderer's source) and loaded after that: the same tensors, bit for bit.
+run, so they are kept in the run's cache folder (cache_dir, beside the class images:
+`cache/toyworld_renders/<key>/`, the key naming the world's objects, the cameras and the
+renderer's source), rendered once per folder and loaded after that: the same tensors, bit for bit.
+`db3d run` defaults to ~/.cache/db3d (once per machine, whatever the out folder); a sweep's trials
+share the sweep's OUT/cache (once per sweep and node).
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def _stored_world_renders(cache: Path, n_views: int, resolution: int, world_size
 def world_renders(n_views: int = N_VIEWS, resolution: int = RESOLUTION, world_size: int = WORLD_SIZE,
                   cache: Path | str | None = None) -> tuple[torch.Tensor, ...]:
     """The first world_size objects of the world rendered on score_cameras(n_views, resolution):
-    one (V, H, W, 3) tensor each. Kept per process; with a cache folder also on disk, so every run
-    and every sweep trial on the machine (each a new process) loads them after the first."""
+    one (V, H, W, 3) tensor each. Kept per process; with a cache folder also on disk, so every later
+    run or sweep trial with that folder (each a new process) loads them."""
     if cache is None:
         return _world_renders(n_views, resolution, world_size)
     return _stored_world_renders(Path(cache).expanduser().resolve(), n_views, resolution, world_size)
