@@ -48,6 +48,14 @@ def trial_config(config: dict) -> tuple[list[str], str]:
     return overrides, trial_id
 
 
+def cache_override(overrides: list[str], sweep: dict) -> list[str]:
+    """A trial's cache folder (class images, ToyWorld's scoring renders): OUT/cache, one per sweep,
+    unless the sweep's overrides name their own `cache_dir=` (a cache shared across sweeps and runs)."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "cache_dir" for o in overrides):
+        return []
+    return [f"cache_dir={quote(str(Path(sweep['out']) / 'cache'))}"]
+
+
 def _results_root(sweep: dict):
     """OUT/results, or the results URI when the sweep publishes to object storage."""
     return sweep.get("results") or Path(sweep["out"]) / "results"
@@ -60,7 +68,7 @@ def _method_body(config: dict) -> dict:
     os.environ[PROGRESS_LABEL_ENV] = trial_id  # this process's progress records name the trial
     out = Path(sweep["out"]) / "trials" / trial_id
     store = Path(sweep["out"]) / "artifacts" if sweep.get("reuse", True) else out / "artifacts"
-    cfg = compose(overrides + [f"out={quote(str(out))}", f"cache_dir={quote(str(Path(sweep['out']) / 'cache'))}",
+    cfg = compose(overrides + [f"out={quote(str(out))}", *cache_override(overrides, sweep),
                                f"subject={quote(point['subject'])}", f"class_noun={quote(point['class_noun'])}",
                                f"prompt={quote(point['prompt'])}"])
     subject = resolve_subject(point["subject"], class_noun=point["class_noun"])

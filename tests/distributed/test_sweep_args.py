@@ -30,3 +30,17 @@ def test_workers_get_the_progress_folder_and_a_short_train_poll_unless_the_user_
     assert env[PROGRESS_DIR_ENV] == str(tmp_path) and float(env[TRAIN_HEALTH_CHECK_ENV]) < 2.0  # Ray's default: 2 s
     monkeypatch.setenv(TRAIN_HEALTH_CHECK_ENV, "3")
     assert worker_env(tmp_path)[TRAIN_HEALTH_CHECK_ENV] == "3"
+
+
+def test_a_trials_cache_is_the_sweeps_unless_its_overrides_name_one(tmp_path):
+    """cache_dir=OUT/cache by default; a cache_dir in the sweep's overrides (one shared across sweeps)
+    is kept, not overwritten."""
+    from db3d.core.config import compose
+    from db3d.distributed.trial import cache_override
+
+    sweep = {"out": str(tmp_path / "o")}
+    mine = tmp_path / "shared cache"
+    for overrides, expected in ((["preset=smoke"], tmp_path / "o" / "cache"),
+                                (["preset=smoke", f"cache_dir='{mine}'"], mine)):
+        cfg = compose(overrides + cache_override(overrides, sweep))
+        assert cfg.cache_dir == str(expected)
