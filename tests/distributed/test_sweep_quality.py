@@ -38,10 +38,11 @@ def test_toyworld_weights_sweep_file_parses_and_expands(tmp_path):
     assert resolve_metric(spec, configs) == ("quality.toy.psnr", "max")  # every subject has ground truth
 
 
-def _tiny_sweep(tmp_path: Path, name: str, methods: str, scheduler: str, tracking: str, samples: int) -> Path:
+def _tiny_sweep(tmp_path: Path, name: str, methods: str, scheduler: str, tracking: str, samples: int,
+                cache: Path) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""name: {name}
-overrides: [{TINY}]
+overrides: [{TINY}, "cache_dir='{cache}'"]
 subjects: {{toyworld: 1, captures: 2}}
 prompts: ["a {{0}} {{1}}"]
 grid:
@@ -74,21 +75,42 @@ def _available_trackers() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def asha_sweep(tmp_path_factory):
+def shared_cache(tmp_path_factory):
+    """One cache_dir named by both sweeps' overrides: class images and ToyWorld's scoring renders
+    drawn by the first sweep, loaded by the second."""
+    return tmp_path_factory.mktemp("shared cache")
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(tmp_path_factory, shared_cache):
     """dreambooth3d x 3 drawn settings, ASHA on the default quality metric."""
     tmp = tmp_path_factory.mktemp("asha")
     proc = _run(tmp, _tiny_sweep(tmp, "asha", "dreambooth3d",
-                                 "scheduler: {asha: {grace_period: 1, max_t: 5, reduction_factor: 2}}", "", 3))
+                                 "scheduler: {asha: {grace_period: 1, max_t: 5, reduction_factor: 2}}", "", 3,
+                                 shared_cache))
     return tmp / "o", proc.stdout
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
+def tiny_sweep(tmp_path_factory, shared_cache):
     """Both methods (a mixed-method results folder), no scheduler, every installed tracker."""
     tmp = tmp_path_factory.mktemp("tiny")
     trackers = _available_trackers()
-    proc = _run(tmp, _tiny_sweep(tmp, "tiny", "dreambooth3d, dreambooth_fusion", "", ", ".join(trackers), 1))
+    proc = _run(tmp, _tiny_sweep(tmp, "tiny", "dreambooth3d, dreambooth_fusion", "", ", ".join(trackers), 1,
+                                 shared_cache))
     return tmp / "o", trackers, proc.stdout
+
+
+def test_sweeps_that_name_a_cache_dir_share_it(asha_sweep, tiny_sweep, shared_cache):
+    from db3d.toyworld.evaluate import WORLD_RENDERS
+
+    for out in (asha_sweep[0], tiny_sweep[0]):
+        assert not (out / "cache").exists()  # not the default OUT/cache
+        configs = [p.read_text() for p in out.glob("trials/*/config.yaml")]
+        assert configs and all(str(shared_cache) in c for c in configs)
+    renders = [p for p in (shared_cache / WORLD_RENDERS).iterdir() if p.is_dir()]
+    assert len(renders) == 1 and (renders[0] / "done.json").exists()  # one world, drawn once for both
+    assert any((shared_cache / "class_images").iterdir())
 
 
 def test_asha_on_the_quality_signal_runs(asha_sweep):
