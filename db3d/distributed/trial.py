@@ -22,6 +22,7 @@ from pathlib import Path
 from db3d.core.artifacts import content_key
 from db3d.core.config import compose, quote
 from db3d.core.data import load_subject_images, resolve_subject
+from db3d.core.overrides import key_values
 from db3d.core.progress import PROGRESS_LABEL_ENV
 from db3d.core.results import StageMeter, cost_totals, result_row, save_config
 from db3d.method.executor import INLINE
@@ -51,7 +52,7 @@ def trial_config(config: dict) -> tuple[list[str], str]:
 def cache_override(overrides: list[str], sweep: dict) -> list[str]:
     """A trial's cache folder (class images, ToyWorld's scoring renders): OUT/cache, one per sweep,
     unless the sweep's overrides name their own `cache_dir=` (a cache shared across sweeps and runs)."""
-    if any(o.split("=", 1)[0].lstrip("+~") == "cache_dir" for o in overrides):
+    if key_values(overrides, ["cache_dir"], lstrip="+")[0]:
         return []
     return [f"cache_dir={quote(str(Path(sweep['out']) / 'cache'))}"]
 
