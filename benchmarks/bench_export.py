@@ -7,8 +7,9 @@ context for a ToyWorld subject at `backbone=toy preset=toy`, builds the backbone
 NeRF stages did that before its exports; not timed), then times `stages.exports`, `stages.metrics`
 and `stages.truth_metrics` on one final NeRF. This tree runs twice on one artifact store and one
 cache folder (cache_dir): "cold", the first run on a machine (the world's scoring renders are
-rendered and kept in the cache), and "warm", every later run or trial (they are loaded). Both runs of this tree must give the previous code's
-metric.toy.* values exactly and byte-identical exported files; the script says so or fails.
+rendered and kept in the cache), and "warm", every later run or trial (they are loaded). Both
+runs of this tree must give the previous code's metric.toy.* values exactly and byte-identical
+exported files; the script says so or fails.
 
 Without --field the final NeRF is fitted here first (the toy preset's field, by reconstruction of
 the subject's true renders for --steps steps: a NeRF with a surface, as a trial's final one).
