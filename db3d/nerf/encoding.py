@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from db3d.core.config import NeRFConfig
+from db3d.nerf import cpu_kernel
 
 FEATURES_PER_LEVEL = 2
 """Features per hash-grid level F (Instant-NGP: 2); the default of FieldConfig and HashGridEncoding."""
@@ -215,10 +216,49 @@ def _backward_differentiable(ctx, grad_out, table, wx, wy, wz, tx, ty, tz):
     return grad_table, *grads_w, None, None, None, None
 
 
+class _HashGridKernel(torch.autograd.Function):
+    """``hash_grid_torch`` through the compiled CPU kernel (``cpu_kernel``, ``hash_interp.c``): the same
+    values bit for bit, each point's 8 corners formed in registers instead of a dozen tensor ops over
+    all points. Only the table gets a gradient (positions that need one take the tensor ops); its
+    backward recomputes the corners from ``x`` (nothing of size L x N is kept) and, for double
+    backward, returns the tensor ops' differentiable gradient."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, x: Tensor, layout: HashGridLayout):  # (P, F), (N, 3) in [0, 1] -> (N, L * F)
+        constants = _kernel_constants(layout, table.dtype)
+        ctx.layout, ctx.constants = layout, constants
+        ctx.save_for_backward(table, x)
+        return cpu_kernel.forward(x, table, constants)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # (N, L * F)
+        table, x = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        if torch.is_grad_enabled():  # create_graph: the tensor ops' differentiable backward
+            with torch.enable_grad():
+                feats = hash_grid_torch(x, table, ctx.layout, kernel=False)
+                (grad_table,) = torch.autograd.grad(feats, table, grad_out, create_graph=True)
+            return grad_table, None, None
+        return cpu_kernel.backward(x, table, ctx.constants, grad_out.contiguous()), None, None
+
+
+_KERNEL_CONSTANTS: dict[tuple[HashGridLayout, torch.dtype], tuple[Tensor, ...]] = {}
+
+
+def _kernel_constants(layout: HashGridLayout, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """cpu_kernel.level_constants, built once per layout and dtype."""
+    key = (layout, dtype)
+    if key not in _KERNEL_CONSTANTS:
+        _KERNEL_CONSTANTS[key] = cpu_kernel.level_constants(layout, dtype)
+    return _KERNEL_CONSTANTS[key]
+
+
 def hash_grid_torch(
     x: Tensor,  # (N, 3) positions in [0, 1]^3 (clamped to it)
     table: Tensor,  # (P, F) all levels' rows, P = layout.offsets[-1]
     layout: HashGridLayout,
+    kernel: bool = True,
 ) -> Tensor:  # (N, L * F) level-major features
     """Multiresolution hash encoding with trilinear interpolation (pure torch, CPU or CUDA).
 
@@ -235,7 +275,13 @@ def hash_grid_torch(
     Gradients reach the table and the positions (double backward too, for autograd normals).
     Inputs are clamped to [0, 1], where this matches tiny-cuda-nn. Same values as
     ``hash_grid_torch_reference`` up to float rounding.
+
+    On the CPU, when the positions need no gradient, steps 1-4 run in the compiled kernel instead
+    (``_HashGridKernel``: the same values bit for bit; ``kernel=False`` or DB3D_HASHGRID_KERNEL=torch
+    forces the tensor ops).
     """
+    if kernel and not (x.requires_grad and torch.is_grad_enabled()) and cpu_kernel.usable(x, table):
+        return _HashGridKernel.apply(table, x.clamp(0.0, 1.0).contiguous(), layout)
     device, n = x.device, x.shape[0]
     n_levels, nd = layout.n_levels, sum(layout.dense)  # dense levels come first
     n_feat = table.shape[1]
