@@ -3,12 +3,13 @@
 process, interleaved (old, new, old, new) and the better of the two tries kept:
 
 1. hash-grid throughput (points/s, forward and forward+backward) at the toy preset's grid (8 levels,
-   2^14 rows) and Instant-NGP's (16 levels, 2^19 rows); on a CUDA machine also torch vs tcnn;
+   2^14 rows) and Instant-NGP's (16 levels, 2^19 rows): on the CPU the "torch" grid twice, its
+   tensor ops and its compiled C kernel (db3d/nerf/cpu_kernel.py); on a CUDA machine also torch vs tcnn;
 2. SDS NeRF steps/s of the ToyWorld toy preset (``backbone=toy preset=toy``: 32 px renders, 32
-   samples a ray) and the same at 64 px renders, for the previous grid and the current one without
-   the occupancy grid, the same with it calling the UNet module, and the default (occupancy grid,
-   traced UNet: backbone.trace); shaded renders (forward + backward) with
-   finite-difference vs autograd normals, and the export's textureless turntable with each;
+   samples a ray) and the same at 64 px renders, for the previous grid and the current one's tensor
+   ops without the occupancy grid, the same with it calling the UNet module, with the traced UNet
+   (backbone.trace), and the default (also the hash grid's C kernel); shaded renders (forward +
+   backward) with finite-difference vs autograd normals, and the export's textureless turntable with each;
 3. SDS NeRF steps/s and peak memory per backbone: tiny-sd and tiny-if (64 px renders); on CUDA also
    a full-size SD-1.5-architecture UNet + VAE with random weights (speed does not depend on values);
 4. per-stage wall time of `db3d run` at the smoke preset, for each method.
@@ -19,7 +20,9 @@ process, interleaved (old, new, old, new) and the better of the two tries kept:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -47,31 +50,56 @@ def _best_of(fns: dict, tries: int = 2) -> dict:
     return best
 
 
+@contextlib.contextmanager
+def hash_grid_kernel(on: bool):
+    """The torch hash grid with its compiled CPU kernel (DB3D_HASHGRID_KERNEL=c) or its tensor ops (torch)."""
+    from db3d.nerf import cpu_kernel
+
+    saved = os.environ.get(cpu_kernel.ENV_SWITCH)
+    os.environ[cpu_kernel.ENV_SWITCH] = "c" if on else "torch"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[cpu_kernel.ENV_SWITCH]
+        else:
+            os.environ[cpu_kernel.ENV_SWITCH] = saved
+
+
 def hash_grid(device: torch.device, implementations=IMPLEMENTATIONS, n_levels: int = 16, log2_rows: int = 19,
               n_points: int = 2**16, reps: int = 5) -> None:
+    """Points/s of each implementation; on the CPU "torch" twice: its tensor ops, then its C kernel."""
     from db3d.nerf import HashGridEncoding
 
-    encs = {impl: HashGridEncoding(n_levels=n_levels, log2_hashmap_size=log2_rows, implementation=impl, device=device)
-            for impl in implementations}
+    variants = {}  # label -> (encoding, C kernel on)
+    for impl in implementations:
+        enc = HashGridEncoding(n_levels=n_levels, log2_hashmap_size=log2_rows, implementation=impl, device=device)
+        if impl == "torch" and device.type == "cpu":
+            variants["torch tensor ops"] = (enc, False)
+            variants["torch C kernel"] = (enc, True)
+        else:
+            variants[enc.implementation] = (enc, False)
     x = torch.rand(n_points, 3, device=device)
 
-    def timed(enc, backward: bool):
+    def timed(enc, kernel: bool, backward: bool):
         def run() -> float:
-            enc(x).float().sum().backward()  # warm-up
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                y = enc(x)
-                if backward:
-                    y.float().sum().backward()
-            sync(device)
-            return (time.perf_counter() - start) / reps
+            with hash_grid_kernel(kernel):
+                enc(x).float().sum().backward()  # warm-up
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(reps):
+                    y = enc(x)
+                    if backward:
+                        y.float().sum().backward()
+                sync(device)
+                return (time.perf_counter() - start) / reps
         return run
 
-    fwd = _best_of({impl: timed(enc, False) for impl, enc in encs.items()})
-    both = _best_of({impl: timed(enc, True) for impl, enc in encs.items()})
-    cells = [f"{encs[impl].implementation}: {n_points / fwd[impl] / 1e6:.2f} M points/s forward, "
-             f"{n_points / both[impl] / 1e6:.2f} M fwd+bwd" for impl in implementations]
+    fwd = _best_of({label: timed(enc, kernel, False) for label, (enc, kernel) in variants.items()})
+    both = _best_of({label: timed(enc, kernel, True) for label, (enc, kernel) in variants.items()})
+    cells = [f"{label}: {n_points / fwd[label] / 1e6:.2f} M points/s forward, "
+             f"{n_points / both[label] / 1e6:.2f} M fwd+bwd" for label in variants]
+    implementations = list(variants)
     first, last = implementations[0], implementations[-1]
     ratio = f"; {last} fwd+bwd at {both[first] / both[last]:.2f}x the speed of {first}" if first != last else ""
     print(f"hash grid on {device.type}, {n_levels} levels x 2^{log2_rows} rows, {n_points} points: "
@@ -109,29 +137,33 @@ def toy_sds_steps(steps: int, resolutions=(32, 64)) -> None:
     s = cfg.sds
     term = SDSTerm(backbone=bb, prompt="a red ball on a blue box", guidance_scale=s.guidance_scale, t_min=s.t_min,
                    t_max=s.t_max, t_max_end=s.t_max_end, grad_clip=s.grad_clip, weight=cfg.method.lambda_sds)
-    # (nerf config, UNet traced): a stage of >= traced.TRACE_MIN_CALLS steps traces the UNet on the
-    # CPU (backbone.trace); these short fits are told to, so both the trace's cost and its saving show
+    # (nerf config, UNet traced, hash grid's C kernel): a stage of >= traced.TRACE_MIN_CALLS steps traces the
+    # UNet on the CPU (backbone.trace); these short fits are told to, so both the trace's cost and its saving
+    # show. The "torch" grid's tensor ops (DB3D_HASHGRID_KERNEL=torch) were the default before the C kernel
     grid = f"torch + {cfg.nerf.occupancy_resolution}^3 occupancy grid"
     variants = {"torch_reference, no occupancy grid": (replace(cfg.nerf, encoding="torch_reference",
-                                                               occupancy_resolution=0), False),
-                "torch, no occupancy grid": (replace(cfg.nerf, encoding="torch", occupancy_resolution=0), False),
-                f"{grid}, UNet module": (cfg.nerf, False),
-                f"{grid}, traced UNet (default)": (cfg.nerf, True)}
+                                                               occupancy_resolution=0), False, False),
+                "torch tensor ops, no occupancy grid": (replace(cfg.nerf, encoding="torch", occupancy_resolution=0),
+                                                        False, False),
+                f"{grid}, UNet module": (cfg.nerf, False, False),
+                f"{grid}, traced UNet": (cfg.nerf, True, False),
+                f"{grid}, traced UNet, C kernel (default)": (cfg.nerf, True, True)}
     first, last = next(iter(variants)), list(variants)[-1]
 
-    def rate(nerf, trace: bool, res: int, tmp: str, tag: str) -> float:
+    def rate(nerf, trace: bool, kernel: bool, res: int, tmp: str, tag: str) -> float:
         saved = traced.TRACE_MIN_CALLS
         traced.TRACE_MIN_CALLS = 0 if trace else 10**9
         try:
-            return _fit_rate(device, nerf, res, term, steps, Path(tmp), tag)
+            with hash_grid_kernel(kernel):
+                return _fit_rate(device, nerf, res, term, steps, Path(tmp), tag)
         finally:
             traced.TRACE_MIN_CALLS = saved
 
     for res in resolutions:
         with tempfile.TemporaryDirectory() as tmp:
-            fns = {name: (lambda nerf=nerf, trace=trace, name=name: 1.0 / rate(
-                nerf, trace, res, tmp, f"{len(name)}-{res}-{time.monotonic_ns()}"))
-                for name, (nerf, trace) in variants.items()}
+            fns = {name: (lambda nerf=nerf, trace=trace, kernel=kernel, name=name: 1.0 / rate(
+                nerf, trace, kernel, res, tmp, f"{len(name)}-{res}-{time.monotonic_ns()}"))
+                for name, (nerf, trace, kernel) in variants.items()}
             best = _best_of(fns)
         cells = " | ".join(f"{name}: {1.0 / best[name]:.2f} steps/s ({best[name] * 1e3:.0f} ms/step)"
                            for name in variants)
