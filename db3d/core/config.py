@@ -172,7 +172,10 @@ class NeRFConfig:
     """A cell counts as empty when its density, over the longest interval a ray takes (sphere
     diameter / n_samples), is less opaque than this (nerfacc's occ_thre: 0.01)."""
     encoding: str = "torch"
-    """Hash-grid backend: torch (anywhere) or tcnn (tiny-cuda-nn on CUDA; loud fallback to torch)."""
+    """Hash-grid backend: torch (anywhere) or tcnn (tiny-cuda-nn on CUDA; loud fallback to torch). On the
+    CPU, torch runs through a C kernel compiled at first use, bit-identical to its tensor ops
+    (db3d/nerf/cpu_kernel.py; DB3D_HASHGRID_KERNEL=torch switches it off): the toy preset's SDS step
+    66 -> 50 ms on 2 cores."""
     normals: str = "finite_difference"
     """Normals of shaded / textureless renders and the orientation loss: finite_difference (central
     differences of density at step 1e-2, 6 extra density calls a sample; threestudio's and

@@ -8,6 +8,8 @@ level-major output), so a tcnn table can be copied into it; ``tests/nerf/test_ne
 a GPU. With ``implementation="tcnn"`` and tinycudann missing or no CUDA device, it warns and uses
 torch. ``"torch_reference"`` is the previous, slower pure-torch code (``hash_grid_torch_reference``),
 kept so tests and ``benchmarks/bench_nerf.py`` can compare the two; both use the same table.
+On the CPU, the torch backend runs through a compiled C kernel (``cpu_kernel``, ``_HashGridKernel``)
+whenever the positions need no gradient: the same values and table gradients bit for bit, faster.
 """
 
 from __future__ import annotations
