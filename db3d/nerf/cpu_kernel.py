@@ -20,6 +20,8 @@ identical field tensors.
 - Scope: CPU tensors of one dtype, float32 or float64, at most MAX_FEATURES features per level,
   positions that need no gradient (``hash_grid_torch`` decides); anything else (CUDA, autograd
   normals' position gradients) takes the tensor ops. One thread per call.
+- NaN positions raise a RuntimeError (the tensor ops would return NaN features and scatter their
+  gradient into whatever rows the NaN's integer conversion names; the kernel reads no row for them).
 """
 
 from __future__ import annotations
@@ -159,11 +161,15 @@ def _ptr(t: Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+_STATUS = {1: f"more than {MAX_FEATURES} features per level", 2: "out of memory for its scratch arrays",
+           3: "a position is NaN (the hash grid needs finite points)"}
+
+
 def _call(name: str, *args) -> None:
     """Call the loaded library (loaded by ``usable``; a backward runs whatever the switch says by then)."""
     status = getattr(_library, name)(*(_ptr(a) if isinstance(a, Tensor) else ctypes.c_int64(a) for a in args))
     if status != 0:
-        raise RuntimeError(f"{name} refused the call (status {status})")
+        raise RuntimeError(f"{name}: {_STATUS.get(status, f'status {status}')}")
 
 
 def forward(x: Tensor, table: Tensor, constants: tuple[Tensor, ...]) -> Tensor:  # (N, 3), (P, F) -> (N, L * F)

@@ -21,8 +21,9 @@
  *     to one level), as index_add_ over the corners' flat (L, N) rows, adding the rounded w * g.
  * One thread: the order of the sums, and so the result, never depends on the machine's cores.
  * Gradients with respect to x are not computed here (the caller uses the tensor ops then).
- * Every function returns 0, 1 when it cannot take the call (more than MAX_FEAT features), or 2 when
- * its scratch memory cannot be had.
+ * Every function returns 0; 1 when it cannot take the call (more than MAX_FEAT features), 2 when
+ * its scratch memory cannot be had, 3 when a position is NaN (no table row to read: the caller
+ * raises, where the tensor ops would index out of range).
  */
 #include <math.h>
 #include <stdint.h>
@@ -73,7 +74,7 @@
     const int hashed = msk >= 0;
 
 #define DEFINE_KERNELS(T, SUFFIX, FLOOR)                                                                \
-static inline __attribute__((always_inline)) void forward_##SUFFIX(                                    \
+static inline __attribute__((always_inline)) int forward_##SUFFIX(                                    \
         const T *restrict x, int64_t n, const T *restrict table, const int64_t nf, int64_t n_levels,   \
         const T *restrict scale, const int64_t *restrict factor, const int64_t *restrict mask,         \
         const int64_t *restrict rows, const int64_t *restrict offset, T *restrict out) {              \
@@ -94,23 +95,30 @@ static inline __attribute__((always_inline)) void forward_##SUFFIX(             
             for (int64_t f = 0; f < nf; f++) o[f] = acc[f];                                            \
         }                                                                                              \
     }                                                                                                  \
+    return 0;                                                                                          \
+}                                                                                                      \
+                                                                                                       \
+/* 1 when every coordinate lies in [0, 1] (the caller clamped them; a NaN has no table row). */        \
+static int in_unit_cube_##SUFFIX(const T *x, int64_t n) {                                             \
+    int ok = 1;                                                                                        \
+    for (int64_t i = 0; i < 3 * n; i++) ok &= (x[i] >= 0) & (x[i] <= 1);                              \
+    return ok;                                                                                         \
 }                                                                                                      \
                                                                                                        \
 int hash_grid_forward_##SUFFIX(const T *x, int64_t n, const T *table, int64_t n_feat, int64_t n_levels, \
                                const T *scale, const int64_t *factor, const int64_t *mask,             \
                                const int64_t *rows, const int64_t *offset, T *out) {                  \
+    if (!in_unit_cube_##SUFFIX(x, n)) return 3;                                                        \
     if (n_feat == 2) /* Instant-NGP's F: a constant, so the feature loops unroll */                   \
-        forward_##SUFFIX(x, n, table, 2, n_levels, scale, factor, mask, rows, offset, out);            \
-    else if (n_feat <= MAX_FEAT)                                                                       \
-        forward_##SUFFIX(x, n, table, n_feat, n_levels, scale, factor, mask, rows, offset, out);       \
-    else                                                                                               \
-        return 1;                                                                                      \
-    return 0;                                                                                          \
+        return forward_##SUFFIX(x, n, table, 2, n_levels, scale, factor, mask, rows, offset, out);     \
+    if (n_feat <= MAX_FEAT)                                                                            \
+        return forward_##SUFFIX(x, n, table, n_feat, n_levels, scale, factor, mask, rows, offset, out); \
+    return 1;                                                                                          \
 }                                                                                                      \
                                                                                                        \
 /* One level's pass: every point's 8 corner rows and weights into scratch (as the forward forms them),  \
    then the scatter corner by corner, in index_add_'s order. */                                        \
-static inline __attribute__((always_inline)) void backward_##SUFFIX(                                   \
+static inline __attribute__((always_inline)) int backward_##SUFFIX(                                   \
         const T *restrict x, int64_t n, const int64_t nf, int64_t n_levels,                            \
         const T *restrict scale, const int64_t *restrict factor, const int64_t *restrict mask,         \
         const int64_t *restrict rows, const int64_t *restrict offset, const T *restrict grad_out,      \
@@ -138,6 +146,7 @@ static inline __attribute__((always_inline)) void backward_##SUFFIX(            
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
+    return 0;                                                                                          \
 }                                                                                                      \
                                                                                                        \
 /* grad_table (P, F) zeroed by the caller. */                                                          \
@@ -146,6 +155,7 @@ int hash_grid_backward_##SUFFIX(const T *x, int64_t n, int64_t n_feat, int64_t n
                                 const int64_t *rows, const int64_t *offset, const T *grad_out,         \
                                 T *grad_table) {                                                       \
     if (n_feat > MAX_FEAT) return 1;                                                                   \
+    if (!in_unit_cube_##SUFFIX(x, n)) return 3;                                                        \
     int64_t *corner_rows = malloc(sizeof(int64_t) * 8 * (n > 0 ? n : 1));                              \
     T *corner_w = malloc(sizeof(T) * 8 * (n > 0 ? n : 1));                                             \
     if (!corner_rows || !corner_w) {                                                                   \
@@ -153,15 +163,14 @@ int hash_grid_backward_##SUFFIX(const T *x, int64_t n, int64_t n_feat, int64_t n
         free(corner_w);                                                                                \
         return 2;                                                                                      \
     }                                                                                                  \
-    if (n_feat == 2)                                                                                   \
-        backward_##SUFFIX(x, n, 2, n_levels, scale, factor, mask, rows, offset, grad_out, grad_table,  \
-                          corner_rows, corner_w);                                                      \
-    else                                                                                               \
-        backward_##SUFFIX(x, n, n_feat, n_levels, scale, factor, mask, rows, offset, grad_out,         \
-                          grad_table, corner_rows, corner_w);                                          \
+    const int status = n_feat == 2                                                                     \
+        ? backward_##SUFFIX(x, n, 2, n_levels, scale, factor, mask, rows, offset, grad_out, grad_table, \
+                            corner_rows, corner_w)                                                     \
+        : backward_##SUFFIX(x, n, n_feat, n_levels, scale, factor, mask, rows, offset, grad_out,       \
+                            grad_table, corner_rows, corner_w);                                        \
     free(corner_rows);                                                                                 \
     free(corner_w);                                                                                    \
-    return 0;                                                                                          \
+    return status;                                                                                     \
 }
 
 DEFINE_KERNELS(float, f32, floorf)

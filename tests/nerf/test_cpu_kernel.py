@@ -124,6 +124,16 @@ def test_without_a_compiler_it_warns_once_and_uses_the_tensor_ops(monkeypatch, t
     assert torch.equal(feats, hash_grid_torch(x, table, layout)) and torch.equal(again, feats)
 
 
+def test_a_nan_position_raises_instead_of_reading_outside_the_table(monkeypatch, kernel_available):
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "c")
+    layout = hash_grid_layout(8, 14, 16, 1.4)
+    table = torch.randn(layout.offsets[-1], 2, requires_grad=True)
+    x = torch.rand(10, 3)
+    x[3, 1] = float("nan")
+    with pytest.raises(RuntimeError, match="a position is NaN"):
+        hash_grid_torch(x, table, layout)
+
+
 def test_the_switch_takes_c_or_torch_only(monkeypatch):
     monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "cuda")
     with pytest.raises(ValueError, match="DB3D_HASHGRID_KERNEL='cuda'"):
