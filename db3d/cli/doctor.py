@@ -29,7 +29,28 @@ def doctor() -> int:
         print("tiny-cuda-nn  available (nerf encoding backend tcnn)")
     except Exception:
         print("tiny-cuda-nn  not installed: the pure-torch hash grid is used (see README to build it)")
+    print(f"cpu kernel    {_cpu_kernel_status()}")
     hf = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
     print(f"hf cache      {hf} ({'exists' if os.path.isdir(hf) else 'absent'}); db3d loads weights offline only")
     print(f"db3d cache    {os.environ.get('DB3D_CACHE', os.path.expanduser('~/.cache/db3d'))}")
     return 0
+
+
+def _cpu_kernel_status() -> str:
+    """The hash grid's compiled CPU kernel: where it is built, or why the tensor ops run instead."""
+    import warnings  # noqa: PLC0415
+
+    from db3d.nerf import cpu_kernel  # noqa: PLC0415
+
+    try:
+        if not cpu_kernel.enabled():
+            return f"off ({cpu_kernel.ENV_SWITCH}=torch): the hash grid's tensor ops run on the CPU"
+    except ValueError as err:
+        return f"bad switch: {err}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the reason is printed here instead
+        lib = cpu_kernel.library()
+    if lib is None:
+        return (f"not available ({cpu_kernel.unavailable_reason()}): the hash grid's tensor ops run on the CPU "
+                "(same results, slower)")
+    return f"built: {lib._name} (the hash grid on the CPU; {cpu_kernel.ENV_SWITCH}=torch turns it off)"

@@ -123,6 +123,11 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def unavailable_reason() -> str | None:
+    """Why the last load failed (None: loaded, or not tried yet)."""
+    return _failure
+
+
 MAX_FEATURES = 8
 """Features per level the kernel takes (hash_interp.c's MAX_FEAT; Instant-NGP uses 2)."""
 

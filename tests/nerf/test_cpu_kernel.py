@@ -26,7 +26,7 @@ def _encode(monkeypatch, mode: str, x, table, layout, create_graph: bool = False
 @pytest.fixture
 def kernel_available():
     if cpu_kernel.library() is None:  # the fallback test below covers that machine
-        pytest.fail(f"the CPU kernel did not build here: {cpu_kernel._failure}")
+        pytest.fail(f"the CPU kernel did not build here: {cpu_kernel.unavailable_reason()}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -147,3 +147,19 @@ def test_the_library_is_built_once_into_the_cache_folder(monkeypatch, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert cpu_kernel._build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_doctor_says_where_the_kernel_is_or_why_not(monkeypatch, tmp_path):
+    from db3d.cli.doctor import _cpu_kernel_status
+
+    monkeypatch.setenv("DB3D_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_failure", None)
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "c")
+    assert _cpu_kernel_status().startswith(f"built: {tmp_path / 'kernels'}")
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "torch")
+    assert _cpu_kernel_status().startswith("off")
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "c")
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_compiler", lambda: None)
+    assert "not available (RuntimeError: no C compiler found" in _cpu_kernel_status()
