@@ -178,18 +178,20 @@ def _call(name: str, *args) -> None:
 
 
 def forward(x: Tensor, table: Tensor, constants: tuple[Tensor, ...]) -> Tensor:  # (N, 3), (P, F) -> (N, L * F)
-    """The encoding of points ``x`` already clamped to [0, 1] (contiguous, on the CPU)."""
+    """The encoding of points ``x`` already clamped to [0, 1], on the CPU."""
     scale = constants[0]
     n, n_levels, n_feat = x.shape[0], scale.shape[0], table.shape[1]
     out = torch.empty(n, n_levels * n_feat, dtype=table.dtype)
-    _call(f"hash_grid_forward_{_SUFFIX[table.dtype]}", x, n, table, n_feat, n_levels, *constants, out)
+    _call(f"hash_grid_forward_{_SUFFIX[table.dtype]}", x.contiguous(), n, table.contiguous(), n_feat, n_levels,
+          *constants, out)
     return out
 
 
 def backward(x: Tensor, table: Tensor, constants: tuple[Tensor, ...], grad_out: Tensor) -> Tensor:  # -> (P, F)
-    """The table's gradient for ``grad_out`` (N, L * F), contiguous."""
+    """The table's gradient for ``grad_out`` (N, L * F)."""
     scale = constants[0]
     n, n_levels, n_feat = x.shape[0], scale.shape[0], table.shape[1]
     grad_table = torch.zeros_like(table)
-    _call(f"hash_grid_backward_{_SUFFIX[table.dtype]}", x, n, n_feat, n_levels, *constants, grad_out, grad_table)
+    _call(f"hash_grid_backward_{_SUFFIX[table.dtype]}", x.contiguous(), n, n_feat, n_levels, *constants,
+          grad_out.contiguous(), grad_table)
     return grad_table

@@ -5,8 +5,8 @@
  *   x (N, 3) positions already clamped to [0, 1]; table (P, F);
  *   per level l: scale[l] (grid coordinate = x * scale + 0.5), factor[l][3] (dense levels: R^d;
  *   hashed levels: the prime of dimension d masked to the level's rows), mask[l] (hashed: rows - 1;
- *   dense: -1, no mask), size[l] (dense: rows, where the index wraps; hashed: 0), offset[l] (first
- *   table row);
+ *   dense: -1, no mask), rows[l] (dense: the level's rows, where the index wraps; hashed: 0),
+ *   offset[l] (first table row);
  *   out and grad_out (N, L * F), level-major features, hash_grid_torch's layout.
  *
  * Bit-identical to hash_grid_torch's tensor ops (tests/nerf/test_cpu_kernel.py): every product
@@ -22,8 +22,8 @@
  * One thread: the order of the sums, and so the result, never depends on the machine's cores.
  * Gradients with respect to x are not computed here (the caller uses the tensor ops then).
  * Every function returns 0; 1 when it cannot take the call (more than MAX_FEAT features), 2 when
- * its scratch memory cannot be had, 3 when a position is NaN (no table row to read: the caller
- * raises, where the tensor ops would index out of range).
+ * its scratch memory cannot be had, 3 when a coordinate lies outside [0, 1] (after the caller's clamp
+ * only a NaN does: it has no table row; the caller raises).
  */
 #include <math.h>
 #include <stdint.h>
