@@ -103,6 +103,25 @@ def flock_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def flock_try_lock(folder: Path):
+    """``flock_lock`` without waiting: yields True holding the lock, or False at once when another
+    process holds it. For work split into chunks that processes share: each draws the chunks nobody
+    holds, then waits (``flock_lock``) for the others' (db3d/method/dreambooth.py, class_images)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 _lock_factory = flock_lock
 
 

@@ -52,16 +52,6 @@ def class_prompt(subject: Subject) -> str:
     return f"a {subject.class_noun}"
 
 
-def locked_class_images(bb: Backbone, prompt: str, n: int, seed: int, cache_dir: Path,
-                        batch_size: int = 8) -> torch.Tensor:
-    """class_images under a lock on the cache entry (concurrent trials generate them once).
-
-    seed: the class-image seed (dreambooth.class_seed), never the run's; batch_size images per UNet call.
-    """
-    with artifact_lock(Path(cache_dir) / "class_images" / content_key(bb.key, prompt, n, seed)):
-        return class_images(bb, prompt, n, seed, cache_dir, batch_size=batch_size)
-
-
 @dataclass(frozen=True)
 class Personalized:
     partial: DreamBoothCheckpoint
@@ -109,8 +99,9 @@ def dreambooth_run(cfg: RunConfig, bb: Backbone, subject: Subject, images: torch
     # 1. class images for the prior-preservation loss (cached by backbone, class, count, class seed)
     cls_imgs = None
     if _class_key(cfg, bb, subject) is not None:
-        cls_imgs = locked_class_images(bb, class_prompt(subject), db.num_class_images, db.class_seed,
-                                       default_cache_dir(cfg), max(1, db.batch_size))
+        # concurrent trials share the drawing, batch by batch (class_images' own locks)
+        cls_imgs = class_images(bb, class_prompt(subject), db.num_class_images, db.class_seed, default_cache_dir(cfg),
+                                batch_size=max(1, db.batch_size))
     # 2. the run, keyed by what it reads (the other ranks follow rank 0 in at train_dreambooth's first barrier)
     folder = dreambooth_folder(cfg, bb, subject, images, artifacts, init, world)
     with artifact_lock(folder) if rank == 0 else contextlib.nullcontext():

@@ -112,6 +112,33 @@ def test_class_images_are_cached(tiny_sd, tmp_path, monkeypatch):
     assert torch.equal(first, second)
 
 
+def test_class_images_draw_the_batches_nobody_holds_then_wait_for_the_others(tiny_sd, tmp_path):
+    import threading
+    import time
+
+    from db3d.core.artifacts import content_key, flock_lock
+
+    fresh = class_images(tiny_sd, "a toy", 4, seed=2, cache_dir=tmp_path / "fresh", batch_size=1)
+    cache = tmp_path / "shared"
+    key = content_key("class_images", tiny_sd.key, "a toy", 4, 2, tiny_sd.resolution, tiny_sd.sample_steps, 7.5)
+    folder = cache / "class_images" / key
+    files = [folder / f"{i:04d}.png" for i in range(4)]
+    result = {}
+    with flock_lock(folder / "batch-0002"):  # another process is drawing batch 2
+        worker = threading.Thread(target=lambda: result.update(
+            images=class_images(tiny_sd, "a toy", 4, seed=2, cache_dir=cache, batch_size=1)))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not all(files[i].exists() for i in (0, 1, 3)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert [f.exists() for f in files] == [True, True, False, True]  # the free batches, not the held one
+        assert worker.is_alive()  # waiting for batch 2
+    worker.join(60)  # the holder let go without drawing it: the waiter draws it itself
+    assert not worker.is_alive()
+    assert torch.equal(result["images"], fresh)  # the same images as one process drawing them all
+
+
 def test_lora_round_trip(tiny_if, tmp_path):
     unet = tiny_if.trainable_unet()
     _add_lora(tiny_if, unet, rank=4)
