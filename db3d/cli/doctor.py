@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from db3d.core.artifacts import cache_root
+
 
 def doctor() -> int:
     print(f"python        {platform.python_version()}")
@@ -32,7 +34,7 @@ def doctor() -> int:
     print(f"cpu kernel    {_cpu_kernel_status()}")
     hf = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
     print(f"hf cache      {hf} ({'exists' if os.path.isdir(hf) else 'absent'}); db3d loads weights offline only")
-    print(f"db3d cache    {os.environ.get('DB3D_CACHE', os.path.expanduser('~/.cache/db3d'))}")
+    print(f"db3d cache    {cache_root()}")
     return 0
 
 

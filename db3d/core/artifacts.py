@@ -87,6 +87,12 @@ def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def cache_root() -> Path:
+    """db3d's cache of reusable files (class images, ToyWorld's scoring renders, compiled kernels)
+    when a run names none: $DB3D_CACHE, else ~/.cache/db3d."""
+    return Path(os.environ.get("DB3D_CACHE") or Path.home() / ".cache" / "db3d").expanduser()
+
+
 @contextlib.contextmanager
 def flock_lock(folder: Path):
     """Exclusive lock on `folder` across processes (an flock on `folder.lock` beside it).

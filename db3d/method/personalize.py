@@ -12,7 +12,6 @@ trains on N x batch_size images a step.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from db3d.core.artifacts import (
     DreamBoothCheckpoint,
     artifact_lock,
+    cache_root,
     content_key,
     read_done,
 )
@@ -40,7 +40,7 @@ from db3d.models.backbones import Backbone
 
 
 def default_cache_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("DB3D_CACHE") or Path.home() / ".cache" / "db3d").expanduser()
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root()
 
 
 def instance_prompt(cfg: RunConfig, subject: Subject) -> str:

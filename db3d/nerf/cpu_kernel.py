@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from db3d.core.artifacts import cache_root
+
 SOURCE = Path(__file__).with_name("hash_interp.c")
 ENV_SWITCH = "DB3D_HASHGRID_KERNEL"
 CFLAGS = ("-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
@@ -65,7 +67,7 @@ _failure: str | None = None  # why the kernel is not available (None: not tried 
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DB3D_CACHE") or Path.home() / ".cache" / "db3d").expanduser() / "kernels"
+    return cache_root() / "kernels"
 
 
 def enabled() -> bool:
