@@ -140,14 +140,14 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
                 if not mine:
                     waiting.append(batch)
                     continue
-                if missing(batch):
-                    draw(missing(batch))
+                if idx := missing(batch):
+                    draw(idx)
                 bar.update(1)
         # 2. the batches others were drawing: wait for them (and draw what a failed one left)
         for batch in waiting:
             with flock_lock(folder / f"batch-{batch.start:04d}"):
-                if missing(batch):
-                    draw(missing(batch))
+                if idx := missing(batch):
+                    draw(idx)
             bar.update(1)
         bar.close()
         atomic_write_json(folder / "meta.json", {"prompt": class_prompt, "n": n, "seed": seed, "backbone": bb.key})

@@ -27,6 +27,7 @@ identical field tensors.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -142,10 +143,11 @@ def usable(x: Tensor, table: Tensor) -> bool:
             and library() is not None)
 
 
+@functools.lru_cache(maxsize=16)
 def level_constants(layout, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """hash_interp.c's per-level arrays: scale (L,) of ``dtype``; factor (L, 3), mask, rows and
     offset (L,) int64 (dense levels: factor R^d, mask -1; hashed levels: the masked primes, mask
-    rows - 1, rows 0)."""
+    rows - 1, rows 0). Built once per layout (a frozen dataclass) and dtype; read-only."""
     from db3d.nerf.encoding import HASH_PRIMES  # noqa: PLC0415  (encoding imports this module)
 
     scale = torch.tensor(layout.scales, dtype=dtype)

@@ -227,7 +227,7 @@ class _HashGridKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: Tensor, x: Tensor, layout: HashGridLayout):  # (P, F), (N, 3) in [0, 1] -> (N, L * F)
-        constants = _kernel_constants(layout, table.dtype)
+        constants = cpu_kernel.level_constants(layout, table.dtype)  # cached per layout and dtype
         ctx.layout, ctx.constants = layout, constants
         ctx.save_for_backward(table, x)
         return cpu_kernel.forward(x, table, constants)
@@ -242,18 +242,7 @@ class _HashGridKernel(torch.autograd.Function):
                 feats = hash_grid_torch(x, table, ctx.layout, kernel=False)
                 (grad_table,) = torch.autograd.grad(feats, table, grad_out, create_graph=True)
             return grad_table, None, None
-        return cpu_kernel.backward(x, table, ctx.constants, grad_out.contiguous()), None, None
-
-
-_KERNEL_CONSTANTS: dict[tuple[HashGridLayout, torch.dtype], tuple[Tensor, ...]] = {}
-
-
-def _kernel_constants(layout: HashGridLayout, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """cpu_kernel.level_constants, built once per layout and dtype."""
-    key = (layout, dtype)
-    if key not in _KERNEL_CONSTANTS:
-        _KERNEL_CONSTANTS[key] = cpu_kernel.level_constants(layout, dtype)
-    return _KERNEL_CONSTANTS[key]
+        return cpu_kernel.backward(x, table, ctx.constants, grad_out), None, None
 
 
 def hash_grid_torch(
