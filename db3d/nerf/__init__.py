@@ -1,6 +1,7 @@
 """NeRF for score distillation: hash-grid field, shading, volume rendering in a sphere, losses."""
 
-from db3d.nerf.encoding import HashGridEncoding, hash_grid_layout, hash_grid_torch
+from db3d.nerf.encoding import HashGridEncoding, hash_grid_torch
+from db3d.nerf.hash_layout import hash_grid_layout
 from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField, field_config
 from db3d.nerf.losses import (
     LinearSchedule,

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from db3d.core.artifacts import cache_root
+from db3d.nerf.hash_layout import HASH_PRIMES, HashGridLayout
 
 SOURCE = Path(__file__).with_name("hash_interp.c")
 ENV_SWITCH = "DB3D_HASHGRID_KERNEL"
@@ -144,12 +145,10 @@ def usable(x: Tensor, table: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def level_constants(layout, dtype: torch.dtype) -> tuple[Tensor, ...]:
+def level_constants(layout: HashGridLayout, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """hash_interp.c's per-level arrays: scale (L,) of ``dtype``; factor (L, 3), mask, rows and
     offset (L,) int64 (dense levels: factor R^d, mask -1; hashed levels: the masked primes, mask
     rows - 1, rows 0). Built once per layout (a frozen dataclass) and dtype; read-only."""
-    from db3d.nerf.encoding import HASH_PRIMES  # noqa: PLC0415  (encoding imports this module)
-
     scale = torch.tensor(layout.scales, dtype=dtype)
     factor, mask, rows = [], [], []
     for level, resolution in enumerate(layout.resolutions):

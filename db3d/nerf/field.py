@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from db3d.core.config import NeRFConfig
-from db3d.nerf.encoding import BASE_RESOLUTION, FEATURES_PER_LEVEL, HashGridEncoding
+from db3d.nerf.encoding import HashGridEncoding
+from db3d.nerf.hash_layout import BASE_RESOLUTION, FEATURES_PER_LEVEL
 
 BACKGROUNDS = {"mlp": "mlp", "random_solid": "random_solid", "white": "fixed"}
 """NeRFConfig.background -> FieldConfig.background ("white" is a "fixed" background of colour 1, 1, 1)."""
@@ -53,11 +54,11 @@ class FieldConfig:
     n_levels: int = NeRFConfig.n_levels
     # hash-grid levels L (NeRFConfig.n_levels)
     features_per_level: int = FEATURES_PER_LEVEL
-    # features per level F (encoding.FEATURES_PER_LEVEL)
+    # features per level F (hash_layout.FEATURES_PER_LEVEL)
     log2_hashmap_size: int = NeRFConfig.log2_hashmap_size
     # log2 of the rows per level T (NeRFConfig.log2_hashmap_size)
     base_resolution: int = BASE_RESOLUTION
-    # coarsest grid resolution N_min (encoding.BASE_RESOLUTION)
+    # coarsest grid resolution N_min (hash_layout.BASE_RESOLUTION)
     max_resolution: int = NeRFConfig.max_resolution
     # finest grid resolution N_max over the bounding cube (NeRFConfig.max_resolution)
     encoding_implementation: Literal["torch", "tcnn", "torch_reference"] = NeRFConfig.encoding

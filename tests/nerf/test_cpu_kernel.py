@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from db3d.nerf import cpu_kernel, encoding
-from db3d.nerf.encoding import hash_grid_layout, hash_grid_torch
+from db3d.nerf.encoding import hash_grid_torch
+from db3d.nerf.hash_layout import hash_grid_layout
 
 
 def _encode(monkeypatch, mode: str, x, table, layout, create_graph: bool = False):

@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from db3d.core.cameras import orbit_cameras
-from db3d.nerf.encoding import (
-    HASH_PRIMES,
-    HashGridEncoding,
-    hash_grid_layout,
-    hash_grid_torch,
-    hash_grid_torch_reference,
-)
+from db3d.nerf.encoding import HashGridEncoding, hash_grid_torch
+from db3d.nerf.hash_grid_reference import hash_grid_torch_reference
+from db3d.nerf.hash_layout import HASH_PRIMES, hash_grid_layout
 from db3d.nerf.field import FieldConfig, FieldOutputs, NeRFField
 from db3d.nerf.losses import (
     LinearSchedule,
