@@ -113,7 +113,7 @@ def flock_lock(folder: Path):
 def flock_try_lock(folder: Path):
     """``flock_lock`` without waiting: yields True holding the lock, or False at once when another
     process holds it. For work split into chunks that processes share: each draws the chunks nobody
-    holds, then waits (``flock_lock``) for the others' (db3d/method/dreambooth.py, class_images)."""
+    holds, then waits (``flock_lock``) for the others' (db3d/method/class_images.py)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "a+") as handle:

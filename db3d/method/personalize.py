@@ -29,9 +29,9 @@ from db3d.core.artifacts import (
 from db3d.core.config import RunConfig
 from db3d.core.data import Subject, format_prompt
 from db3d.method.data_parallel import rank_and_world
+from db3d.method.class_images import class_images
 from db3d.method.dreambooth import (
     checkpoint_folder,
-    class_images,
     load_dreambooth,
     run_key,
     train_dreambooth,

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 from db3d.core.config import DreamBoothConfig
 from db3d.method import dreambooth
+from db3d.method.class_images import class_images
 from db3d.method.data_parallel import data_parallel, rank_and_world
 
 WORLD = 2
@@ -104,7 +105,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         # 2. LoRA + prior: interrupted at step 3 (after the state of step 2), resumed; and straight
         for r in range(world):  # class images: rank 0 samples them, then the others read the cache
             if r == rank:
-                cls = dreambooth.class_images(bb, "a toy", 2, seed=0, cache_dir=root / "cache")
+                cls = class_images(bb, "a toy", 2, seed=0, cache_dir=root / "cache")
             dist.barrier()
 
         def stop(step, inst, prior):

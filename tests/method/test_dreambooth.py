@@ -7,9 +7,9 @@ import torch
 
 from db3d.core.artifacts import DreamBoothCheckpoint
 from db3d.core.config import DreamBoothConfig
+from db3d.method.class_images import class_images
 from db3d.method.dreambooth import (
     _add_lora,
-    class_images,
     load_dreambooth,
     save_checkpoint,
     train_dreambooth,

@@ -18,10 +18,10 @@ from db3d.core.artifacts import DreamBoothCheckpoint
 from db3d.core.config import BackboneConfig, DreamBoothConfig, RunConfig, compose
 from db3d.core.data import Subject
 from db3d.method import personalize
+from db3d.method.class_images import class_images
 from db3d.method.dreambooth import (
     DreamBoothNonFinite,
     check_full_finetune_fits,
-    class_images,
     load_dreambooth,
     make_optimizer,
     run_key,
