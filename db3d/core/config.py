@@ -333,6 +333,9 @@ class MethodConfig:
     """Pseudo views rendered for the reconstruction term at each step."""
     final_init: str = "scratch"
     """The final NeRF starts from scratch (the paper's F_gamma, default) or from stage1's weights."""
+    stage1_steps: int = 0
+    """SDS steps of stage 1's NeRF (dreambooth3d); 0: nerf.steps, as every other NeRF stage. Stage 1
+    only has to give stage 2 views to translate from t_pseudo."""
 
 
 @dataclass
@@ -412,6 +415,8 @@ def validate(cfg: RunConfig) -> None:
                  "export.fps", "export.mesh_resolution", "metrics.n_views", "metrics.resolution"):
         if _get(cfg, path) < 1:
             problems.append(f"{path}={_get(cfg, path)}: must be >= 1")
+    if cfg.method.stage1_steps < 0:
+        problems.append(f"method.stage1_steps={cfg.method.stage1_steps}: must be >= 0 (0: nerf.steps)")
     if cfg.nerf.occupancy_resolution < 0 or cfg.nerf.occupancy_every < 1:
         problems.append(f"nerf.occupancy_resolution={cfg.nerf.occupancy_resolution}, nerf.occupancy_every="
                         f"{cfg.nerf.occupancy_every}: need resolution >= 0 (0: off) and every >= 1")

@@ -108,13 +108,15 @@ def _locked(folder: Path, fn, *args, **kwargs):
 def _sds_nerf(ctx: Context, stage: str, ckpt: DreamBoothCheckpoint, latent: bool = False) -> NerfCheckpoint:
     """A NeRF fitted by SDS alone from `ckpt` (stage 1 and the baselines)."""
     cfg = ctx.cfg
-    key = content_key(stage, ckpt.key, ctx.prompt, _nerf_fields(cfg), 1.0, cfg.method.lambda_nerf)
+    steps = cfg.method.stage1_steps if stage == "stage1" and cfg.method.stage1_steps > 0 else cfg.nerf.steps
+    own_steps = () if steps == cfg.nerf.steps else (("steps", steps),)  # keys of nerf.steps fits unchanged
+    key = content_key(stage, ckpt.key, ctx.prompt, _nerf_fields(cfg), 1.0, cfg.method.lambda_nerf, *own_steps)
     bb = backbone_for(ctx.bb, ckpt)
     term = _sds_term(ctx, bb)
     term.weight = 1.0
     channels = bb.model_channels if latent else 0
     res = bb.model_resolution if latent else cfg.render.resolution
-    return _locked(ctx.store / stage / key, fit_nerf, key, cfg.nerf, res, cfg.nerf.steps, cfg.seed, bb.device,
+    return _locked(ctx.store / stage / key, fit_nerf, key, cfg.nerf, res, steps, cfg.seed, bb.device,
                    sds=term, lambda_nerf=cfg.method.lambda_nerf, latent_channels=channels, desc=stage,
                    on_progress=None if stage == "stage1" else ctx.on_progress)
 

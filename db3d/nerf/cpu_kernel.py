@@ -44,7 +44,7 @@ from db3d.nerf.hash_layout import HASH_PRIMES, HashGridLayout
 
 SOURCE = Path(__file__).with_name("hash_interp.c")
 ENV_SWITCH = "DB3D_HASHGRID_KERNEL"
-CFLAGS = ("-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+CFLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
 """No -ffast-math and no contraction: each product and sum rounds as the torch op's does."""
 
 

@@ -93,6 +93,23 @@ def test_stage_reuse_recomputes_only_what_changed(subject, tmp_path):
     assert sorted(d.split("/")[0] for d in third - second) == ["dreambooth", "final", "stage2"]
 
 
+def test_stage1_steps_sets_the_length_of_stage1s_fit_alone(subject, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    run_method(_cfg(tmp_path), subject, "a sks toy", out)  # smoke: nerf.steps=4
+    first = _artifact_dirs(out)
+    run_method(_cfg(tmp_path, "method.stage1_steps=4"), subject, "a sks toy", out)  # = nerf.steps: stage 1 reused
+    second = _artifact_dirs(out)
+    assert {d.split("/")[0] for d in second - first} == {"final"}  # (the final NeRF's key names the method config)
+    run_method(_cfg(tmp_path, "method.stage1_steps=2"), subject, "a sks toy", out)
+    new = _artifact_dirs(out) - second
+    assert sorted(d.split("/")[0] for d in new) == ["dreambooth", "final", "stage1", "stage2"]
+    steps = {d.split("/")[0]: json.loads((out / "artifacts" / d / "done.json").read_text())["steps"]
+             for d in new if d.startswith(("stage1", "final"))}
+    assert steps == {"stage1": 2, "final": 4}
+
+
 class _Killed(Exception):
     pass
 
