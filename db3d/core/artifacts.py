@@ -19,7 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +112,7 @@ def flock_lock(folder: Path):
 @contextlib.contextmanager
 def flock_try_lock(folder: Path):
     """``flock_lock`` without waiting: yields True holding the lock, or False at once when another
-    process holds it. For work split into chunks that processes share: each draws the chunks nobody
-    holds, then waits (``flock_lock``) for the others' (db3d/method/class_images.py)."""
+    process holds it. For work split into chunks that processes share (``share_chunks``)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "a+") as handle:
@@ -126,6 +125,32 @@ def flock_try_lock(folder: Path):
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def share_chunks(folder: Path, chunks: Sequence[range], missing: Callable[[range], bool],
+                 draw: Callable[[range], None], advance: Callable[[], object] = lambda: None) -> None:
+    """draw(chunk) for every chunk still missing(chunk), the work shared with the other processes that
+    need the same chunks at the same time. Each chunk has its own lock (`folder/batch-<start>.lock`),
+    and a process
+        1. draws the chunks no other process holds, then
+        2. waits for the ones others were drawing, and draws what a failed one left.
+    Whoever draws a chunk must draw the same result, so the outcome never depends on the sharing (nor
+    on there being any). advance() runs after each chunk (a progress bar). Users: class images
+    (db3d/method/class_images.py) and ToyWorld's scoring renders (db3d/toyworld/evaluate.py)."""
+    waiting = []
+    for chunk in chunks:
+        with flock_try_lock(folder / f"batch-{chunk.start:04d}") as mine:
+            if not mine:
+                waiting.append(chunk)
+                continue
+            if missing(chunk):
+                draw(chunk)
+        advance()
+    for chunk in waiting:
+        with flock_lock(folder / f"batch-{chunk.start:04d}"):
+            if missing(chunk):
+                draw(chunk)
+        advance()
 
 
 _lock_factory = flock_lock

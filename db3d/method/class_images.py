@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from db3d.core.artifacts import atomic_write, atomic_write_json, content_key, flock_lock, flock_try_lock
+from db3d.core.artifacts import atomic_write, atomic_write_json, content_key, share_chunks
 from db3d.core.progress import bar as progress_bar
 from db3d.models.backbones import Backbone
 
@@ -24,10 +24,9 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
     continues where it stopped. Sampled `batch_size` images per UNet call, each from its own
     initial noise, so an image does not depend on the batching (up to float rounding).
 
-    Processes that need the same images share the work: each batch has its own lock, and a process
-    draws the batches no other one holds (1.), then waits for the ones others were drawing (2.). A
-    batch is the same images with the same noise whoever draws it, so the result does not depend
-    on how the work was shared (nor, for a fresh cache, on it being shared at all).
+    Processes that need the same images share the work batch by batch (core.artifacts.share_chunks:
+    each draws the batches nobody holds, then waits for the others'). A batch is the same images with
+    the same noise whoever draws it, so the result does not depend on how the work was shared.
     """
     key = content_key("class_images", bb.key, class_prompt, n, seed, bb.resolution, bb.sample_steps, guidance_scale)
     folder = Path(cache_dir) / "class_images" / key
@@ -54,22 +53,8 @@ def class_images(bb: Backbone, class_prompt: str, n: int, seed: int, cache_dir: 
     todo = [b for b in batches if missing(b)]
     if todo:
         bar = progress_bar(total=len(todo), desc=f"class images '{class_prompt}'")
-        # 1. the batches no other process is drawing
-        waiting = []
-        for batch in todo:
-            with flock_try_lock(folder / f"batch-{batch.start:04d}") as mine:
-                if not mine:
-                    waiting.append(batch)
-                    continue
-                if idx := missing(batch):
-                    draw(idx)
-                bar.update(1)
-        # 2. the batches others were drawing: wait for them (and draw what a failed one left)
-        for batch in waiting:
-            with flock_lock(folder / f"batch-{batch.start:04d}"):
-                if idx := missing(batch):
-                    draw(idx)
-            bar.update(1)
+        share_chunks(folder, todo, lambda batch: bool(missing(batch)), lambda batch: draw(missing(batch)),
+                     lambda: bar.update(1))
         bar.close()
         atomic_write_json(folder / "meta.json", {"prompt": class_prompt, "n": n, "seed": seed, "backbone": bb.key})
     arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files]

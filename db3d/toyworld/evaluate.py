@@ -11,7 +11,8 @@ Step 3's candidates (every world object rendered on the scoring orbit: 120 objec
 ~9-10 s on one core) cost more than the rest of the scoring together and are the same for every
 run, so they are kept in the run's cache folder (cache_dir, beside the class images:
 `cache/toyworld_renders/<key>/`, the key naming the world's objects, the cameras and the
-renderer's source), rendered once per folder and loaded after that: the same tensors, bit for bit.
+renderer's source), rendered once per folder, in chunks that processes scoring at the same time
+share, and loaded after that: the same tensors, bit for bit.
 `db3d run` defaults to ~/.cache/db3d (once per machine, whatever the out folder); a sweep's trials
 share the sweep's OUT/cache (once per sweep and node).
 """
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from db3d.core.artifacts import artifact_lock, atomic_path, atomic_write_json, content_key
+from db3d.core.artifacts import atomic_path, atomic_write_json, content_key, share_chunks
 from db3d.core.cameras import orbit_cameras
+from db3d.core.progress import bar as progress_bar
 from db3d.export.media import save_grid
 from db3d.nerf.io import load_field
 from db3d.nerf.render import render_views
@@ -56,6 +58,9 @@ _world_renders = lru_cache(maxsize=4)(_render_world)
 
 WORLD_RENDERS = "toyworld_renders"
 """Folder of the cache that keeps the world's scoring renders (world_renders)."""
+WORLD_CHUNK = 8
+"""Objects a stored chunk of the world's renders holds: trials that score at the same time (a sweep's
+first ones) draw different chunks (core.artifacts.share_chunks) instead of one drawing while the others wait."""
 
 
 @lru_cache(maxsize=1)
@@ -67,27 +72,35 @@ def _renderer_digest() -> str:
 
 
 def world_renders_key(n_views: int, resolution: int, world_size: int) -> str:
-    """Content key of the world's renders on score_cameras(n_views, resolution)."""
+    """Content key of the world's renders on score_cameras(n_views, resolution), stored in chunks."""
     cameras = {"n_views": n_views, "resolution": resolution, "elevation": ELEVATION, "distance": DISTANCE, "fov": FOV}
-    return content_key(WORLD_RENDERS, enumerate_world(world_size), cameras, _renderer_digest())
+    return content_key(WORLD_RENDERS, enumerate_world(world_size), cameras, _renderer_digest(),
+                       {"chunk": WORLD_CHUNK})
 
 
 @lru_cache(maxsize=4)
 def _stored_world_renders(cache: Path, n_views: int, resolution: int, world_size: int) -> tuple[torch.Tensor, ...]:
-    """_world_renders, computed once per cache folder (under its lock) and loaded after that."""
+    """_world_renders, drawn once per cache folder (chunk by chunk, shared by the processes that need
+    them at the same time) and loaded after that: each object's render is the same whoever draws it."""
     key = world_renders_key(n_views, resolution, world_size)
     folder = cache / WORLD_RENDERS / key
-    file = folder / "renders.pt"
-    with artifact_lock(folder):
-        if (folder / "done.json").exists():
-            renders = torch.load(file, weights_only=True)  # (N, V, H, W, 3)
-        else:
-            renders = torch.stack(_render_world(n_views, resolution, world_size))  # (N, V, H, W, 3)
-            with atomic_path(file) as tmp:
+    chunks = [range(start, min(world_size, start + WORLD_CHUNK)) for start in range(0, world_size, WORLD_CHUNK)]
+    file = lambda chunk: folder / f"renders-{chunk.start:04d}.pt"  # noqa: E731 - (n, V, H, W, 3)
+    if not (folder / "done.json").exists():
+        objects, cams = enumerate_world(world_size), score_cameras(n_views, resolution)
+
+        def draw(chunk: range) -> None:
+            renders = torch.stack([render_object(objects[i], cams).rgb for i in chunk])  # (n, V, H, W, 3)
+            with atomic_path(file(chunk)) as tmp:
                 torch.save(renders, tmp)
-            atomic_write_json(folder / "done.json", {"type": "ToyWorldRenders", "key": key, "objects": world_size,
-                                                     "views": n_views, "resolution": resolution})
-    return tuple(renders.unbind(0))
+
+        todo = [chunk for chunk in chunks if not file(chunk).exists()]
+        bar = progress_bar(total=len(todo), desc="ToyWorld scoring renders")
+        share_chunks(folder, todo, lambda chunk: not file(chunk).exists(), draw, lambda: bar.update(1))
+        bar.close()
+        atomic_write_json(folder / "done.json", {"type": "ToyWorldRenders", "key": key, "objects": world_size,
+                                                 "views": n_views, "resolution": resolution, "chunk": WORLD_CHUNK})
+    return tuple(torch.cat([torch.load(file(chunk), weights_only=True) for chunk in chunks]).unbind(0))
 
 
 def world_renders(n_views: int = N_VIEWS, resolution: int = RESOLUTION, world_size: int = WORLD_SIZE,

@@ -238,3 +238,31 @@ def test_stored_world_renders_give_the_same_scores(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(stored, evaluate._world_renders(n, res, size)))
     assert len(stored) == size
     assert key != evaluate.world_renders_key(n, res + 1, size) != evaluate.world_renders_key(n, res, size + 1)
+
+
+def test_world_renders_draw_the_chunks_nobody_holds_then_wait_for_the_others(tmp_path, monkeypatch):
+    """Trials scoring at the same time share the world's renders chunk by chunk (the same tensors as
+    one process drawing them all): a process draws the free chunks, then waits for a held one."""
+    import threading
+
+    from db3d.core.artifacts import flock_lock
+    from db3d.toyworld import evaluate
+
+    n, res, size = 2, 8, 6
+    monkeypatch.setattr(evaluate, "WORLD_CHUNK", 2)  # chunks of objects 0-1, 2-3, 4-5
+    folder = tmp_path / evaluate.WORLD_RENDERS / evaluate.world_renders_key(n, res, size)
+    files = [folder / f"renders-{start:04d}.pt" for start in (0, 2, 4)]
+    result = {}
+    with flock_lock(folder / "batch-0002"):  # another process is drawing objects 2-3
+        worker = threading.Thread(target=lambda: result.update(renders=evaluate.world_renders(n, res, size, tmp_path)))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not (files[0].exists() and files[2].exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert [f.exists() for f in files] == [True, False, True]  # the free chunks, not the held one
+        assert worker.is_alive() and not (folder / "done.json").exists()  # waiting for objects 2-3
+    worker.join(60)  # the holder let go without drawing them: the waiter draws them itself
+    assert not worker.is_alive() and (folder / "done.json").exists()
+    assert len(result["renders"]) == size
+    assert all(torch.equal(a, b) for a, b in zip(result["renders"], evaluate._world_renders(n, res, size)))
